@@ -1,0 +1,1 @@
+"""Shared building blocks: registries, hyperparameter dataclasses, atomic pickle-free I/O."""
