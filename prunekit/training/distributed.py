@@ -18,13 +18,15 @@ def init_from_env() -> tuple[int, int]:
     return 0, 1
 
 
-def batch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[torch.Tensor]:
-    """The local index batches of one epoch.
+def batch_order(n: int, batch_size: int, seed: int, epoch: int, world: int = 1) -> list[torch.Tensor]:
+    """The global index batches of one epoch.
 
-    One permutation per (seed, epoch) is cut into global batches; rank r takes every
-    world-th element of each. The union over ranks of step s is exactly the global
-    batch a single process would see, so DDP's gradient average equals the
-    single-process gradient when local batches are equal in size.
+    One permutation per (seed, epoch) is cut into global batches. Under DDP every rank
+    loads and augments the whole global batch with the same generator state, then keeps
+    every world-th sample (``local_slice``). The union over ranks is exactly the global
+    batch a single process would see, with the same augmentation, so DDP's gradient
+    average equals the single-process gradient (local batches are equal in size: a
+    global batch is trimmed to a multiple of the world size).
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     perm = torch.randperm(n, generator=g)
@@ -34,6 +36,10 @@ def batch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int, world
         if world > 1:
             if len(b) < world:
                 break  # too few samples left to give every rank one
-            b = b[: len(b) - len(b) % world][rank::world]
+            b = b[: len(b) - len(b) % world]
         out.append(b)
     return out
+
+
+def local_slice(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    return t if world == 1 else t[rank::world]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..data.base import DataBundle, TensorData, augment_batch
 from ..foundations.io import join_state, load_tensors, save_tensors, split_state
 from .callbacks import Callback
-from .distributed import batch_order, init_from_env
+from .distributed import batch_order, init_from_env, local_slice
 from .hparams import TrainHparams
 
 
@@ -96,7 +96,7 @@ class Trainer:
         self.log_path = Path(log_path) if log_path else None
         self.progress = progress and self.rank == 0
         self.optimizer = optimizer or make_optimizer(model, hp)
-        self.spe = len(batch_order(len(self.train_set), hp.batch_size, 0, 0, self.rank, self.world))
+        self.spe = len(batch_order(len(self.train_set), hp.batch_size, 0, 0, self.world))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(hp, s, self.spe))
         self.aug_gen = torch.Generator().manual_seed(hp.seed + 7)
@@ -157,13 +157,14 @@ class Trainer:
                    desc="train", leave=False, dynamic_ncols=True)
         stop = False
         while self.epoch < hp.epochs and not stop:
-            batches = batch_order(len(self.train_set), hp.batch_size, hp.seed, self.epoch, self.rank, self.world)
+            batches = batch_order(len(self.train_set), hp.batch_size, hp.seed, self.epoch, self.world)
             self.net.train()
             loss_sum, correct, seen = 0.0, 0, 0
             for bi in range(self.batch_in_epoch, len(batches)):
                 x, y = self.train_set.get_batch(batches[bi])
                 if self.data is not None and self.data.augment:
                     x = augment_batch(x, self.aug_gen, **self.data.augment)
+                x, y = local_slice(x, self.rank, self.world), local_slice(y, self.rank, self.world)
                 out = self.net(x)
                 loss = F.cross_entropy(out, y)
                 total = loss

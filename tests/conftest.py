@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+# Tests run side by side on 2 cores; one thread each keeps timings predictable.
+torch.set_num_threads(1)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
