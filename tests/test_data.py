@@ -131,3 +131,20 @@ def test_augment_batch_crop_and_flip():
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):
         assert any(torch.equal(z[i, 0], xp[i, 0, a:a + 4, b:b + 4]) for a in range(5) for b in range(5))
+
+
+def test_download_verifies_checksum_and_never_leaves_partial_files(tmp_path):
+    import hashlib
+
+    from prunekit.data.standard import fetch
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"prunekit" * 100)
+    good = hashlib.md5(src.read_bytes()).hexdigest()
+    dest = tmp_path / "out" / "file.bin"
+    fetch(src.as_uri(), dest, good)
+    assert dest.read_bytes() == src.read_bytes()
+    bad_dest = tmp_path / "out2" / "file.bin"
+    with pytest.raises(IOError, match="checksum mismatch"):
+        fetch(src.as_uri(), bad_dest, "0" * 32)
+    assert not bad_dest.exists() and list(bad_dest.parent.iterdir()) == []
