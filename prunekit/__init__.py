@@ -6,3 +6,5 @@ masks and scores), ``structured`` (dependency graph and physical slimming), ``me
 ``metrics``, ``runner`` (experiments, reports) and ``foundations`` (registries, I/O).
 """
 __version__ = "0.1.0"
+
+from .structured import channel_groups, load_pruned, save_pruned, slim  # noqa: E402

@@ -1,0 +1,38 @@
+"""Structured pruning engine: dependency analysis, channel groups, physical slimming.
+
+Public API::
+
+    groups = channel_groups(model, example_inputs, ignore=())     # coupled channel groups
+    slim_model = slim(model, example_inputs, ratio=0.5, criterion="l1", round_to=1)
+    slim_model = slim_with_plan(model, example_inputs, {group_id: LongTensor(removed)}, groups)
+    err = check_exact(model, slim_model, inputs=example_inputs)    # < 1e-5 when correct
+    save_pruned(slim_model, "dir"); m = load_pruned("dir", fresh_model)
+
+Modules: ``capture`` (recording the forward), ``ops`` (dispatch) with ``ops_shape``/
+``ops_index``/``ops_contract``, ``leaves``, ``mha``, ``propagate``, ``slots`` (channel
+propagation rules), ``groups`` (ChannelGroup), ``importance``,
+``planner``, ``slim`` (slim_with_plan), ``prune`` (slim), ``plan`` (kept-index plans),
+``saveload``, ``exactness``.
+
+What is pruned: conv/linear channels with everything coupled to them (BN/LN/GN/RMSNorm
+and library RMSNorms, residual additions incl. zero-padding shortcuts, concat/chunk
+offsets, flatten into Linear, depthwise/grouped convs, embeddings and tied LM heads,
+free parameters such as ViT cls/pos embeddings), and attention heads as whole units
+(q/k/v reshaped into heads, rotary halves, grouped-query attention, SDPA, nn.MultiheadAttention).
+What is kept (never wrong, only less pruning): channels reaching a model output or an
+ignored module, channels touched by ops without a rule (listed in ``analyse(...).unknown``),
+positions picked by hard-coded indices, statistics over channels in custom code.
+"""
+from .capture import TraceError
+from .exactness import check_exact, reference_model
+from .groups import ChannelGroup, channel_groups
+from .importance import CRITERIA, group_scores, register_criterion
+from .plan import apply_plan, get_plan
+from .planner import plan_removal
+from .prune import slim
+from .saveload import load_pruned, save_pruned
+from .slim import removal_plan, slim_with_plan
+
+__all__ = ["CRITERIA", "ChannelGroup", "TraceError", "apply_plan", "channel_groups", "check_exact", "get_plan",
+           "group_scores", "load_pruned", "plan_removal", "reference_model", "register_criterion",
+           "removal_plan", "save_pruned", "slim", "slim_with_plan"]

@@ -1,0 +1,163 @@
+"""Op rules that contract dims: matmul, einsum, functional linear/embedding, attention."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import propagate as P
+from .capture import flat_tensors
+from .ops_common import _arg, _tensors
+
+
+def _contract(cap, operands, out_labels, out):
+    """operands: list of (tensor, labels per dim). Labels shared between operands are coupled."""
+    if any(len(set(labels)) != len(labels) for _, labels in operands):
+        for t, _ in operands:
+            cap.freeze_tensor(t)  # a repeated index (diagonal) mixes positions of one dim
+        return [[] for _ in flat_tensors(out)]
+    ops = []
+    for t, labels in operands:
+        ents = [(tuple(labels[d] for d in dims), arr) for dims, arr in cap.get(t)]
+        present = {lab for lab, s in zip(labels, t.shape) if s > 1}
+        ops.append(P.Operand(ents, present))
+    res = P.merge(cap.book, ops, out_labels)
+    return [P.to_dims(res, out_labels) for _ in flat_tensors(out)]
+
+
+def matmul(cap, name, args, kwargs, out):
+    a, b = args[0], args[1]
+    if name == "rmatmul":
+        a, b = b, a
+    o = flat_tensors(out)[0]
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.dim() < 1 or b.dim() < 1:
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)
+        return [[]]
+    la = list(range(a.dim()))
+    lb = list(range(b.dim()))
+    nb = max(a.dim(), b.dim()) - 2 if a.dim() >= 2 and b.dim() >= 2 else 0
+    # batch dims aligned from the right, broadcast (size 1) ones private
+    def batch(t, n_own):
+        labs = []
+        for k in range(n_own):
+            d = k + nb - n_own
+            labs.append(("b", d) if t.shape[k] != 1 else ("priv", id(t), k))
+        return labs
+    if a.dim() == 1:
+        la = ["K"]
+    else:
+        la = batch(a, a.dim() - 2) + ["M", "K"]
+    if b.dim() == 1:
+        lb = ["K"]
+    else:
+        lb = batch(b, b.dim() - 2) + ["K", "N"]
+    out_labels = [("b", d) for d in range(o.dim() - (a.dim() >= 2) - (b.dim() >= 2))]
+    if a.dim() >= 2:
+        out_labels.append("M")
+    if b.dim() >= 2:
+        out_labels.append("N")
+    if len(out_labels) != o.dim():
+        for t in (a, b):
+            cap.freeze_tensor(t)
+        return [[]]
+    return _contract(cap, [(a, la), (b, lb)], out_labels, out)
+
+
+def einsum(cap, name, args, kwargs, out):
+    eq = args[0]
+    ts = list(args[1:]) if not (len(args) == 2 and isinstance(args[1], (list, tuple))) else list(args[1])
+    if not isinstance(eq, str) or "..." in eq or "->" not in eq:
+        for t in flat_tensors(ts):
+            cap.freeze_tensor(t)
+        return [[]]
+    lhs, rhs = eq.replace(" ", "").split("->")
+    specs = lhs.split(",")
+    if len(specs) != len(ts):
+        for t in flat_tensors(ts):
+            cap.freeze_tensor(t)
+        return [[]]
+    return _contract(cap, [(t, list(s)) for t, s in zip(ts, specs)], list(rhs), out)
+
+
+def linear_fn(cap, name, args, kwargs, out):
+    x, w = args[0], _arg(args, kwargs, 1, "weight")
+    b = _arg(args, kwargs, 2, "bias")
+    o = flat_tensors(out)[0]
+    batch = [("b", k) for k in range(x.dim() - 1)]
+    operands = [(x, batch + ["I"]), (w, ["O", "I"] if w.dim() == 2 else ["I"])]
+    if isinstance(b, torch.Tensor):
+        operands.append((b, ["O"]))
+    out_labels = batch + (["O"] if w.dim() == 2 else [])
+    if len(out_labels) != o.dim():
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)
+        return [[]]
+    return _contract(cap, operands, out_labels, out)
+
+
+def addmm(cap, name, args, kwargs, out):
+    c, a, b = args[0], args[1], args[2]
+    o = flat_tensors(out)[0]
+    if a.dim() != 2 or b.dim() != 2:
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)
+        return [[]]
+    lc = ["M", "N"][2 - c.dim():] if c.dim() <= 2 else None
+    if lc is None:
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)
+        return [[]]
+    lc = [lab if s != 1 else ("priv", k) for k, (lab, s) in enumerate(zip(lc, c.shape))]
+    return _contract(cap, [(c, lc), (a, ["M", "K"]), (b, ["K", "N"])], ["M", "N"], out)
+
+
+def embedding_fn(cap, name, args, kwargs, out):
+    idx, w = args[0], _arg(args, kwargs, 1, "weight")
+    cap.freeze_tensor(idx)
+    o = flat_tensors(out)[0]
+    batch = [("b", k) for k in range(idx.dim())]
+    return _contract(cap, [(w, ["V", "D"])], batch + ["D"], out)
+
+
+def sdpa(cap, name, args, kwargs, out):
+    q, k, v = args[0], args[1], args[2]
+    mask = _arg(args, kwargs, 3, "attn_mask")
+    if q.dim() != k.dim() or q.dim() != v.dim() or q.dim() < 3:
+        for t in (q, k, v):
+            cap.freeze_tensor(t)
+        return [[]]
+    nb = q.dim() - 2
+    bl = [("b", i) for i in range(nb)]
+    rep = 1
+    if kwargs.get("enable_gqa") and k.shape[-3] != q.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+        rep = q.shape[-3] // k.shape[-3]  # grouped-query: query head h reads kv head h // rep
+    if any(q.shape[i] != k.shape[i] * (rep if i == nb - 1 else 1) or k.shape[i] != v.shape[i] for i in range(nb)):
+        for t in (q, k, v):
+            cap.freeze_tensor(t)
+        return [[]]
+
+    def operand(t, labels, repeat):
+        ents = []
+        for dims, arr in cap.get(t):
+            if repeat > 1 and nb - 1 in dims:
+                arr = np.repeat(arr, repeat, axis=dims.index(nb - 1))
+            ents.append((tuple(labels[d] for d in dims), arr))
+        shape = list(t.shape)
+        if repeat > 1:
+            shape[nb - 1] *= repeat
+        return P.Operand(ents, {lab for lab, s_ in zip(labels, shape) if s_ > 1})
+
+    ops = [operand(q, bl + ["L", "E"], 1), operand(k, bl + ["S", "E"], rep), operand(v, bl + ["S", "F"], rep)]
+    if isinstance(mask, torch.Tensor):
+        # an additive mask/bias per head (T5 relative position bias) ties itself to the heads
+        full = bl + ["L", "S"]
+        shape = list(q.shape[:-2]) + [q.shape[-2], k.shape[-2]]
+        off = len(full) - mask.dim()
+        if off < 0:
+            cap.freeze_tensor(mask)
+        else:
+            labels = [full[off + i] if mask.shape[i] == shape[off + i] else ("mask", i) for i in range(mask.dim())]
+            ops.append(operand(mask, labels, 1))
+    labels = bl + ["L", "F"]
+    res = P.merge(cap.book, ops, labels)
+    return [P.to_dims(res, labels) for _ in flat_tensors(out)]

@@ -1,0 +1,228 @@
+"""Op rules that pick positions: concat, stack, split/chunk, indexing, padding."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import propagate as P
+from .capture import flat_tensors
+from .ops_common import _arg, _dim, _tensors
+
+
+def cat(cap, name, args, kwargs, out):
+    ts = list(_arg(args, kwargs, 0, "tensors"))
+    o = flat_tensors(out)[0]
+    nd = o.dim()
+    # torch.cat skips legacy empty 1-D tensors (an empty KV cache), and so does this rule
+    ts = [t for t in ts if not (isinstance(t, torch.Tensor) and t.dim() == 1 and t.numel() == 0 and nd > 1)]
+    if any(not isinstance(t, torch.Tensor) or t.dim() != nd for t in ts):
+        for t in flat_tensors(ts):
+            cap.freeze_tensor(t)
+        return [[]]
+    d = _dim(int(_arg(args, kwargs, 1, "dim", 0)), nd)
+    labels = [x if x != d else ("cat",) for x in range(nd)]
+    parts, ops, any_on = [], [], False
+    joint = [[(dims, arr) for dims, arr in cap.get(t) if d in dims and dims != (d,)] for t in ts]
+    joined = None
+    if any(joint):
+        # joint entries (heads x head_dim) concatenated within heads (rotary): fine if every
+        # input has one on the same dims and the cat axis lies inside heads
+        dims0 = joint[0][0][0] if joint[0] else None
+        ax = dims0.index(d) if dims0 else 0
+        if all(len(j) == 1 and j[0][0] == dims0 and cap.book.internal(j[0][1], ax) for j in joint) and \
+                len({tuple(np.delete(np.array(j[0][1].shape), ax)) for j in joint}) == 1:
+            joined = (dims0, np.concatenate([j[0][1] for j in joint], axis=ax))
+        else:
+            for j in joint:
+                for _, arr in j:
+                    cap.book.freeze(arr)
+    for k, t in enumerate(ts):
+        on, rest = None, []
+        for dims, arr in cap.get(t):
+            if dims == (d,):
+                on = arr
+            elif d in dims:
+                continue  # handled above
+            else:
+                rest.append((tuple(labels[v] for v in dims), arr))
+        any_on |= on is not None
+        parts.append(on if on is not None else P.frozen_like(t.shape[d]))
+        # the cat dim is not shared between inputs; other dims are, position by position
+        ops.append(P.Operand(rest, {x for x in range(nd) if x != d and t.shape[x] > 1}))
+    res = P.to_dims(P.merge(cap.book, ops, labels), labels)
+    if any_on:
+        res.append(((d,), np.concatenate(parts)))
+    if joined is not None:
+        if any_on or any(set(dims) & set(joined[0]) for dims, _ in res):
+            cap.book.freeze(joined[1])
+        else:
+            res.append(joined)
+    return [res]
+
+
+def stack(cap, name, args, kwargs, out):
+    ts = list(_arg(args, kwargs, 0, "tensors"))
+    o = flat_tensors(out)[0]
+    if any(not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(ts[0].shape) for t in ts):
+        for t in flat_tensors(ts):
+            cap.freeze_tensor(t)
+        return [[]]
+    d = _dim(int(_arg(args, kwargs, 1, "dim", 0)), o.dim())
+    shape = tuple(ts[0].shape)
+    ops = [P.elementwise_operand(cap.get(t), shape, shape, k) for k, t in enumerate(ts)]
+    res = P.to_dims(P.merge(cap.book, ops, list(range(len(shape)))), list(range(len(shape))))
+    return [[(tuple(v + (v >= d) for v in dims), arr) for dims, arr in res]]
+
+
+def split(cap, name, args, kwargs, out):
+    x = args[0]
+    outs = flat_tensors(out)
+    nd = x.dim()
+    if name == "unbind":
+        d = _dim(int(_arg(args, kwargs, 1, "dim", 0)), nd)
+    else:
+        d = _dim(int(_arg(args, kwargs, 2, "dim", 0)), nd)
+    sizes = [t.shape[d] for t in outs] if name != "unbind" else None
+    res = [[] for _ in outs]
+    for dims, arr in cap.get(x):
+        if d not in dims:
+            for r in res:
+                r.append((dims if name != "unbind" else tuple(v - (v > d) for v in dims), arr))
+        elif dims == (d,) and name in ("chunk", "tensor_split", "split") and len(set(sizes)) == 1 \
+                and isinstance(_arg(args, kwargs, 1, "chunks"), int) \
+                and (name != "split" or _size_attr(cap, _arg(args, kwargs, 1, "chunks"))):
+            # chunk(k) recomputes its sizes, so it stays correct if every chunk loses equally many;
+            # split(n) into equal parts too, once a module attribute holding n is updated (heads)
+            blocks = list(arr.reshape(len(outs), -1))
+            cap.parts.append(blocks)
+            for r, b in zip(res, blocks):
+                r.append(((d,), b))
+        elif len(dims) > 1 and (name == "unbind" or (name == "chunk" and len(set(sizes)) == 1)):
+            # a packed projection unpacked (q, k, v = qkv.unbind(0)): the packing axis has a
+            # fixed size, so every part must lose the same channels count
+            ax = dims.index(d)
+            parts = np.split(arr, len(outs), axis=ax)
+            cap.parts.append([p_.ravel() for p_ in parts])
+            for r, p_ in zip(res, parts):
+                if name == "unbind":
+                    r.append((tuple(v - (v > d) for v in dims if v != d), np.ascontiguousarray(p_.squeeze(ax))))
+                else:
+                    r.append((dims, np.ascontiguousarray(p_)))
+        elif name != "unbind" and cap.book.internal(arr, dims.index(d)):
+            ax, start = dims.index(d), 0
+            for r, n in zip(res, sizes):
+                r.append((dims, np.ascontiguousarray(np.take(arr, range(start, start + n), axis=ax))))
+                start += n
+        else:
+            cap.book.freeze(arr)  # fixed split sizes or unbind: positions are hard-coded
+    return res
+
+
+def _size_attr(cap, n: int) -> bool:
+    """split(n) with a fixed n is only safe if slimming updates n: the running module must
+    hold it in an attribute that head pruning rewrites (``split_size``, ``all_head_size``)."""
+    from .slim import ALL_HEAD_ATTRS
+
+    mod = cap._mods.get(cap.where()) if cap.where() != "<model>" else cap.model
+    return any(getattr(mod, a, None) == n for a in ALL_HEAD_ATTRS)
+
+
+def _full_slice(s: slice, n: int) -> bool:
+    return range(n)[s] == range(n)
+
+
+def getitem(cap, name, args, kwargs, out):
+    x, idx = args[0], args[1]
+    o = flat_tensors(out)[0]
+    nd = x.dim()
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    for t in flat_tensors(list(idx)):
+        cap.freeze_tensor(t)  # index values are positions, not channels
+    tensors = [i for i in idx if isinstance(i, torch.Tensor)]
+    single = (len(tensors) == 1 and not tensors[0].is_floating_point() and tensors[0].dtype != torch.bool
+              and not any(i is None for i in idx))
+    bad = any(isinstance(i, (list, np.ndarray)) or isinstance(i, bool) for i in idx) or (tensors and not single)
+    if bad:
+        cap.freeze_tensor(x)
+        return [[]]
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    expanded = []
+    for i in idx:
+        if i is Ellipsis:
+            expanded += [slice(None)] * (nd - n_real)
+        else:
+            expanded.append(i)
+    expanded += [slice(None)] * (nd - sum(1 for i in expanded if i is not None))
+    mapping, d_in, d_out = {}, 0, 0
+    for i in expanded:
+        if i is None:
+            d_out += 1
+        elif isinstance(i, slice):
+            mapping[d_in] = (d_out, i)
+            d_in += 1
+            d_out += 1
+        elif isinstance(i, torch.Tensor):
+            # one gather along this dim (a relative-position table): other dims keep their channels
+            mapping[d_in] = (None, None)
+            d_in += 1
+            d_out += i.dim()
+        else:
+            mapping[d_in] = (None, i)
+            d_in += 1
+    if d_out != o.dim():
+        cap.freeze_tensor(x)
+        return [[]]
+    res = []
+    for dims, arr in cap.get(x):
+        new_dims, index, ok = [], [], True
+        for ax, d in enumerate(dims):
+            out_d, sel = mapping[d]
+            if sel is None:
+                ok = False  # gathered positions along a channel dim
+            elif out_d is not None and _full_slice(sel, x.shape[d]):
+                new_dims.append(out_d)
+                index.append(slice(None))
+            elif cap.book.internal(arr, ax):
+                # inside a head (rotary halves): heads go whole, so fixed positions stay right
+                index.append(sel)
+                if out_d is not None:
+                    new_dims.append(out_d)
+            else:
+                ok = False
+        if not ok:
+            cap.book.freeze(arr)  # channel positions picked by hard-coded indices
+            continue
+        sub = arr[tuple(index)]
+        if new_dims:
+            res.append((tuple(new_dims), np.ascontiguousarray(sub)))
+    return [res]
+
+
+def setitem(cap, name, args, kwargs, out):
+    for t in _tensors(args, kwargs):
+        cap.freeze_tensor(t)
+    return None
+
+
+def pad(cap, name, args, kwargs, out):
+    x = args[0]
+    p = list(_arg(args, kwargs, 1, "pad"))
+    mode = _arg(args, kwargs, 2, "mode", "constant")
+    nd = x.dim()
+    res = []
+    for dims, arr in cap.get(x):
+        amounts = {}
+        for k in range(len(p) // 2):
+            amounts[nd - 1 - k] = (p[2 * k], p[2 * k + 1])
+        touched = [d for d in dims if d in amounts and amounts[d] != (0, 0)]
+        if not touched:
+            res.append((dims, arr))
+            continue
+        if len(dims) != 1 or mode != "constant" or min(amounts[dims[0]]) < 0:
+            cap.book.freeze(arr)
+            continue
+        b, a = amounts[dims[0]]
+        # padded positions hold constants, never channels: kept indices shift by ``b``
+        res.append((dims, np.concatenate([P.frozen_like(b), arr, P.frozen_like(a)])))
+    return [res]
