@@ -26,7 +26,9 @@ def idx_of(pairs, name):
 def test_resnet20_option_a_groups_and_offsets():
     m = models.build("resnet20", 3, 32, 10)
     groups = channel_groups(m, torch.randn(2, 3, 32, 32))
-    assert [g.size for g in groups if g.prunable] == [16, 16, 16, 16, 32, 32, 32, 64, 64, 64]
+    # the padded ends of the stage-2 (16 channels) and stage-3 (32) streams are groups of their own
+    assert [g.size for g in groups if g.prunable] == [16, 16, 16, 16, 32, 16, 32, 32, 64, 32, 64, 64]
+    assert [g.pads[0][0] for g in groups if g.pads] == ["layer2.0.shortcut", "layer3.0.shortcut"]
     res = groups[0]
     outs = dict(res.out_layers)
     assert {"conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.2.conv2"} <= set(outs)

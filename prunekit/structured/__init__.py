@@ -10,18 +10,21 @@ Public API::
 
 Modules: ``capture`` (recording the forward), ``ops`` (dispatch) with ``ops_shape``/
 ``ops_index``/``ops_contract``, ``leaves``, ``mha``, ``propagate``, ``slots`` (channel
-propagation rules), ``groups`` (ChannelGroup), ``importance``,
+propagation rules), ``padding`` (channels inserted by ``F.pad``), ``groups`` (ChannelGroup), ``importance``,
 ``planner``, ``slim`` (slim_with_plan), ``prune`` (slim), ``plan`` (kept-index plans),
 ``saveload``, ``exactness``.
 
 What is pruned: conv/linear channels with everything coupled to them (BN/LN/GN/RMSNorm
-and library RMSNorms, residual additions incl. zero-padding shortcuts, concat/chunk
+and library RMSNorms, residual additions incl. zero-padding shortcuts, whose padded-in
+channels form groups of their own when the pad amounts are module attributes, concat/chunk
 offsets, flatten into Linear, depthwise/grouped convs, embeddings and tied LM heads,
 free parameters such as ViT cls/pos embeddings), and attention heads as whole units
 (q/k/v reshaped into heads, rotary halves, grouped-query attention, SDPA, nn.MultiheadAttention).
 What is kept (never wrong, only less pruning): channels reaching a model output or an
 ignored module, channels touched by ops without a rule (listed in ``analyse(...).unknown``),
-positions picked by hard-coded indices, statistics over channels in custom code.
+positions picked by hard-coded indices, statistics over channels in custom code, channels
+padded in by amounts that no module attribute holds. Kept channels still appear in groups
+(``prunable=False``): every output row of every conv/linear is in exactly one group.
 """
 from .capture import TraceError
 from .exactness import check_exact, reference_model

@@ -28,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 from .propagate import Entry
 from .slots import FROZEN, SlotBook
 
+PAD_FUNCS = frozenset({torch.nn.functional.pad, torch._C._nn.pad})
+
 
 class TraceError(RuntimeError):
     """The model's forward could not be recorded on the example inputs."""
@@ -39,7 +41,9 @@ class Record:
 
     kind: "out" (conv/linear weight rows), "in" (conv/linear weight columns), "norm"
     (per-channel norm parameters), "param" (a parameter/buffer used outside a leaf
-    module, sliced along ``dim``), "emb" (embedding columns).
+    module, sliced along ``dim``), "emb" (embedding columns), "pad" (constant channels a
+    ``F.pad`` inserts along ``dim``, whose amounts live in module attributes: ``name`` is
+    the module, ``extra`` says which attributes; see ``padding.py``).
     """
 
     kind: str
@@ -102,6 +106,9 @@ class Capture:
         self.unknown: list[str] = []
         self.taint: dict[int, np.ndarray] = {}
         self.stack: list[str] = []
+        # one frame per entry of ``stack``: [args, kwargs, pad calls seen so far in that call]
+        self.frames: list[list] = []
+        self.pending_pads: list = []  # pad calls whose amount attributes are checked after the run
         self.leaf_depth = 0
         self.last_op = "<start>"
         self._out_cache: dict[str, np.ndarray] = {}
@@ -143,6 +150,8 @@ class Capture:
 
     def _tensor_key(self, kind, name, dim):
         """(id of the weight tensor, dim) a record indexes: tied weights share channels."""
+        if kind == "pad":
+            return None  # no tensor behind padded channels
         if kind == "param":
             owner, _, attr = name.rpartition(".")
             t = getattr(self._mods.get(owner), attr, None)
@@ -153,7 +162,9 @@ class Capture:
 
     def record(self, kind, name, dim, slots, **extra) -> None:
         slots = np.asarray(slots, dtype=np.int64)
-        for key in ((kind, name, dim), self._tensor_key(kind, name, dim)):
+        # a module padding one dim twice, with different amount attributes, makes two records
+        own = (kind, name, dim) if kind != "pad" else (kind, name, dim, extra["key"])
+        for key in (own, self._tensor_key(kind, name, dim)):
             if key is None:
                 continue
             old = self._seen.get(key)
@@ -166,8 +177,8 @@ class Capture:
             else:
                 self.book.freeze(old)
                 self.book.freeze(slots)
-        if (kind, name, dim) not in self.records:
-            self.records[(kind, name, dim)] = Record(kind, name, dim, slots, extra)
+        if own not in self.records:
+            self.records[own] = Record(kind, name, dim, slots, extra)
 
     def out_slots(self, name: str, n: int) -> np.ndarray:
         if name not in self._out_cache:
@@ -221,6 +232,9 @@ class Capture:
                              "channel analysis needs tensor outputs (tensor, tuple, dict or ModelOutput)")
         for t in outs:
             self.freeze_tensor(t)  # channels that reach an output are never pruned
+        from .padding import settle
+
+        settle(self)  # reruns modules (hooks removed) to find the attributes holding pad amounts
         return out
 
     def _pre(self, name, is_leaf):
@@ -232,6 +246,7 @@ class Capture:
             if is_leaf:
                 self.leaf_depth = 1
             self.stack.append(name or "<model>")
+            self.frames.append([args, kwargs, 0])
             return None
         return hook
 
@@ -242,6 +257,7 @@ class Capture:
                 if self.leaf_depth:
                     return None
                 self.stack.pop()
+                self.frames.pop()
                 if name in self.ignored:
                     leaves.opaque(self, args, kwargs)
                 else:
@@ -252,6 +268,7 @@ class Capture:
                 return None
             if self.stack:
                 self.stack.pop()
+                self.frames.pop()
             return None
         return hook
 
@@ -302,6 +319,11 @@ class _Mode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         cap = self.cap
+        if func in PAD_FUNCS:
+            # numbered within every enclosing module call, leaves included, exactly as the
+            # rerun in ``padding.settle`` numbers them, so a rerun can find this call again
+            for f in cap.frames:
+                f[2] += 1
         if cap.leaf_depth:
             return func(*args, **kwargs)
         name = _op_name(func)

@@ -5,6 +5,10 @@ after it, every layer that consumes them (weight columns), every residual branch
 them (all branches share indices), parameters added to them (ViT cls/pos embeddings)...
 Channel ``i`` of a group has one position in each member, given by the member's index
 tensor (see ``ChannelGroup``).
+
+Every output row of every conv/linear that ran belongs to exactly one group: rows that
+cannot be pruned (they reach a model output, an ignored module, an op without a rule...)
+are listed in frozen groups (``prunable=False``), one per producer.
 """
 from __future__ import annotations
 
@@ -39,6 +43,10 @@ class ChannelGroup:
     - ``params``: ``(tensor_name, dim, idx)`` for every other tensor sliced along ``dim``:
       embedding tables (``emb.weight``, dim 1), parameters used outside leaf modules (ViT
       ``cls_token``/``pos_embed``, functional weights).
+    - ``pads``: ``(module, {attribute: "before"|"after"|"both"}, n_before, idx)`` for
+      constant channels inserted by ``F.pad`` (option-A shortcuts): ``idx`` indexes the
+      ``n_before`` channels padded in front followed by those padded behind; removing
+      them lowers the module's pad-amount attributes (see ``padding.py``).
     - ``unit``: channels ``[k*unit, (k+1)*unit)`` are removed together (attention heads).
     - ``parts``: the group splits into ``parts`` equal contiguous blocks that must lose
       equally many channels (GroupNorm groups, ``chunk``, grouped convs).
@@ -55,6 +63,7 @@ class ChannelGroup:
     norm_layers: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     in_layers: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     params: list[tuple[str, int, torch.Tensor]] = field(default_factory=list)
+    pads: list[tuple[str, dict, int, torch.Tensor]] = field(default_factory=list)
     unit: int = 1
     parts: int = 1
     heads: list[tuple[str, int, int]] = field(default_factory=list)
@@ -73,7 +82,7 @@ class ChannelGroup:
 
     @property
     def producers(self) -> list[str]:
-        return [n for n, _ in self.out_layers] + [n for n, _, _ in self.params]
+        return [n for n, _ in self.out_layers] + [n for n, _, _ in self.params] + [n for n, _, _, _ in self.pads]
 
     def __repr__(self) -> str:
         flag = "" if self.prunable else f", frozen: {self.reason}"
@@ -141,12 +150,19 @@ def build_groups(cap: Capture) -> list[ChannelGroup]:
     lab = _resolve(cap)
     frozen = lab[0]
     recs = list(cap.records.values())
-    producers = [r for r in recs if r.kind in ("out", "emb", "param")]
+    producers = [r for r in recs if r.kind in ("out", "emb", "param", "pad")]
+    # channels that a pad inserted group with that pad's other channels, not with the rest of
+    # the layers adding into them: the stage-2 stream of an option-A ResNet is the stage-1
+    # stream (padded into the middle) plus channels no earlier layer has (the padded ends)
+    pads = [r for r in recs if r.kind == "pad"]
+    padded = np.unique(np.concatenate([lab[r.slots] for r in pads])) if pads else np.zeros(0, np.int64)
     # link the components of each producer: its channels form (part of) one group
     ea, eb = [], []
     for r in producers:
         cs = np.unique(lab[r.slots])
         cs = cs[cs != frozen]
+        if r.kind != "pad" and len(padded):
+            cs = np.setdiff1d(cs, padded, assume_unique=True)
         if len(cs) > 1:
             ea.append(cs[:-1])
             eb.append(cs[1:])
@@ -200,9 +216,12 @@ def build_groups(cap: Capture) -> list[ChannelGroup]:
                 grp.norm_layers.append((r.name, idx))
             elif r.kind == "emb":
                 grp.params.append((f"{r.name}.weight", 1, idx))
+            elif r.kind == "pad":
+                grp.pads.append((r.name, dict(r.extra["attrs"]), int(r.extra["before"]), idx))
             else:
                 grp.params.append((r.name, r.dim, idx))
             owner = r.name if r.kind != "param" else r.name.rpartition(".")[0] or r.name
+            owner = owner or "<model>"
             if owner not in grp.members:
                 grp.members.append(owner)
 
@@ -267,12 +286,13 @@ def build_groups(cap: Capture) -> list[ChannelGroup]:
             grp.prunable, grp.reason = False, "heads straddle equal-removal blocks"
         if grp.prunable and grp.size // grp.parts <= grp.unit:
             grp.prunable, grp.reason = False, "only one unit per block: nothing can be removed"
-    # producers whose channels are all frozen, listed for information
-    seen = {n for g in groups for n, _ in g.out_layers}
+    # rows of producers that are frozen, listed for information (and so that every output row
+    # of every layer is in exactly one group)
     for r in recs:
-        if r.kind == "out" and r.name not in seen and (lab[r.slots] == frozen).all():
-            groups.append(ChannelGroup(id=len(groups), size=len(r.slots), members=[r.name], prunable=False,
-                                       out_layers=[(r.name, torch.arange(len(r.slots)))],
+        rows = np.nonzero(lab[r.slots] == frozen)[0] if r.kind == "out" else []
+        if len(rows):
+            groups.append(ChannelGroup(id=len(groups), size=len(rows), members=[r.name], prunable=False,
+                                       out_layers=[(r.name, torch.from_numpy(rows.astype(np.int64)))],
                                        reason="channels reach a model output, an ignored module, hard-coded "
                                               "positions or an op without a rule"))
     return groups
@@ -287,7 +307,9 @@ def channel_groups(model: nn.Module, example_inputs, ignore=()) -> list[ChannelG
     channels must not be pruned; they run as opaque leaves.
 
     Each group has ``.id``, ``.size``, ``.members`` (module names), ``.prunable``,
-    ``.out_layers``, ``.norm_layers``, ``.in_layers``, ``.params`` (see ``ChannelGroup``).
+    ``.out_layers``, ``.norm_layers``, ``.in_layers``, ``.params``, ``.pads`` (see
+    ``ChannelGroup``). Every output row of every conv/linear that ran is in exactly one
+    group; rows that cannot be pruned are in groups with ``prunable=False``.
     Raises ``TraceError`` when the forward cannot run under tracing.
     """
     cap = analyse(model, example_inputs, ignore)

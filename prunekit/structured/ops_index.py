@@ -7,6 +7,7 @@ import torch
 from . import propagate as P
 from .capture import flat_tensors
 from .ops_common import _arg, _dim, _tensors
+from .padding import PendingPad
 
 
 def cat(cap, name, args, kwargs, out):
@@ -222,7 +223,21 @@ def pad(cap, name, args, kwargs, out):
         if len(dims) != 1 or mode != "constant" or min(amounts[dims[0]]) < 0:
             cap.book.freeze(arr)
             continue
-        b, a = amounts[dims[0]]
-        # padded positions hold constants, never channels: kept indices shift by ``b``
-        res.append((dims, np.concatenate([P.frozen_like(b), arr, P.frozen_like(a)])))
+        d = dims[0]
+        b, a = amounts[d]
+        # padded positions hold the pad value: kept channels shift by ``b``, and the padded
+        # ones are channels of their own (every reader is a member of their group, so their
+        # value never matters), removable only by lowering the pad amounts;
+        # ``padding.settle`` looks for module attributes holding them after the run and
+        # freezes these slots where there are none (amounts computed or hard-coded)
+        before, after = cap.book.new(b), cap.book.new(a)
+        if cap.frames:
+            frame = cap.frames[-1]
+            # pad pair k (entries 2k, 2k+1) pads dim nd-1-k
+            cap.pending_pads.append(PendingPad(cap.where(), frame[0], frame[1], frame[2], list(p), d,
+                                               nd - 1 - d, before, after))
+        else:
+            cap.book.freeze(before)
+            cap.book.freeze(after)
+        res.append((dims, np.concatenate([before, arr, after])))
     return [res]

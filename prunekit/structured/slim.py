@@ -4,7 +4,8 @@ The removal is turned into a kept-index plan (``plan.py``) over parameters and b
 (conv/linear weights and biases, norm affine parameters and running statistics,
 embedding tables, free parameters) plus module attributes (``out_channels``,
 ``in_features``, ``num_features``, ``normalized_shape``, ``groups`` of depthwise convs,
-attention ``num_heads``...), and the plan is applied to a copy of the model.
+attention ``num_heads``, pad amounts of option-A shortcuts...), and the plan is applied
+to a copy of the model.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch.nn as nn
 
 from .capture import custom_norm
 from .groups import ChannelGroup, channel_groups
+from .padding import attribute_updates
 from .plan import apply_plan, empty_plan
 
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
@@ -65,6 +67,7 @@ def removal_plan(model: nn.Module, groups: list[ChannelGroup], pruned: dict) -> 
     pruned = _check(by_id, pruned)
     removed: dict[tuple, set] = defaultdict(set)
     heads: dict[str, list] = defaultdict(list)
+    pads: dict[str, list] = defaultdict(list)
     for gid, idx in pruned.items():
         g = by_id[gid]
         for kind, lst in (("out", g.out_layers), ("norm", g.norm_layers), ("in", g.in_layers)):
@@ -74,6 +77,8 @@ def removal_plan(model: nn.Module, groups: list[ChannelGroup], pruned: dict) -> 
         for tname, dim, m in g.params:
             pos = m[idx].flatten()
             removed[("param", tname, dim)].update(pos[pos >= 0].tolist())
+        for module, pad_attrs, n_before, m in g.pads:
+            pads[module].append((pad_attrs, n_before, m[idx].flatten()))
         gone = set(idx.tolist())
         for module, h, d in g.heads:
             firsts = g.head_rows.get((module, h))
@@ -162,6 +167,11 @@ def removal_plan(model: nn.Module, groups: list[ChannelGroup], pruned: dict) -> 
             for attr in ALL_HEAD_ATTRS:
                 if getattr(mod, attr, None) == h * d:
                     attrs.setdefault(module if module != "<model>" else "", {})[attr] = (h - removed_units) * d
+    for module, lst in pads.items():
+        mod = mods[module]
+        for pad_attrs, n_before, pos in lst:
+            # fewer padded channels: the module's pad-amount attributes go down accordingly
+            attrs.setdefault(module, {}).update(attribute_updates(mod, pad_attrs, n_before, pos.tolist()))
     for name, mod in mods.items():
         if isinstance(mod, nn.MultiheadAttention) and any(e["tensor"].startswith(name + ".") for e in slices):
             # stock MHA needs heads x head_dim == embed_dim; the slim class reads sizes from weights

@@ -11,7 +11,8 @@ When two positions must be the same channel (residual additions, q.k contraction
 norm or consumer seeing a channel) their slots are *joined*; joins are collected as edge
 lists and resolved once with ``scipy.sparse.csgraph.connected_components`` (fast even for
 BERT-sized graphs). Slot ``FROZEN`` (0) is special: whatever is joined to it is never
-pruned (model outputs, unknown ops, ignored modules, padded channels).
+pruned (model outputs, unknown ops, ignored modules, padded channels whose amounts no
+attribute holds).
 
 *Coarse* slots stand for a whole block of fine slots (one attention head after q.k
 contracted the head dimension). Joining two coarse slots later joins their blocks
