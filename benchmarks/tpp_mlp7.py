@@ -52,6 +52,13 @@ FAST = {
     # rise to 1.0 in 5000 iterations (delta 2e-3: 1/20 of the paper's 100k), stabilise 2000 (1/5),
     # zeroing one hidden layer every 200 iterations (paper 100)
     "tpp": {"preset": "bench", "delta": 2e-3, "stabilise": 2000, "zero_every": 200, "batch_size": 100},
+    # Overrides of "tpp" tried per (seed, ratio); the one whose regularised model has the best
+    # VALIDATION accuracy right before removal is kept (first wins ties). Why: on 3600 training
+    # images the 7000-iteration phase (194 epochs at LR 1e-3) overfits the inherited weights
+    # (plain SGD without any penalty drifts 89.1 -> 87.1 % test over it), so ratio 0.7 does
+    # better with a 2600-iteration phase, while ratio 0.9 needs the longer rise for 10 kept
+    # filters to absorb the pruned ones' function (README_tpp.md, "Why TPP trailed L1+OrthP").
+    "tpp_candidates": [{}, {"delta": 5e-3, "stabilise": 600, "zero_every": 60}],
     "select": {"layers": ["*"]},
     "ratios": [0.3, 0.5, 0.7, 0.9], "lrs": [1e-2, 1e-3], "seeds": [0, 1, 2], "jsv_samples": 32,
     "methods": ["L1", "L1+OrthP", "TPP", "Scratch"],
@@ -62,6 +69,7 @@ FULL = {
     "pretrain": {**FAST["pretrain"], "epochs": 90, "milestones": [30, 60]},
     "finetune": {**FAST["finetune"], "epochs": 90, "milestones": [30]},
     "tpp": {"preset": "paper", "batch_size": 100},
+    "tpp_candidates": None,  # the paper's single schedule
 }
 
 
@@ -70,8 +78,13 @@ def jsv_mean(model, x) -> dict:
     return {k: j[k] for k in ("mean", "std", "min", "max")}
 
 
-def prune_all(dense, ratio, ctx, cfg) -> dict:
-    """{method: (pruned model, seconds spent pruning)} for L1, L1+OrthP, TPP (+ GReg-2 if asked)."""
+def prune_all(dense, ratio, ctx, cfg, info: dict | None = None) -> dict:
+    """{method: (pruned model, seconds spent pruning)} for L1, L1+OrthP, TPP (+ GReg-2 if asked).
+
+    ``info`` (optional) receives {method: extra row fields}: for TPP the accuracy of the
+    regularised model right before physical removal (its pruned channels zeroed), so the
+    rows show what the regularisation phase itself cost and what removal cost.
+    """
     ex, sel = ctx.example_inputs, SelectHparams(**cfg["select"])
     out = {}
     t0 = time.perf_counter()
@@ -84,8 +97,21 @@ def prune_all(dense, ratio, ctx, cfg) -> dict:
         out["L1+OrthP"] = (orthogonalize_(copy.deepcopy(l1)), time.perf_counter() - t0 + out["L1"][1])
     if "TPP" in cfg["methods"]:
         t0 = time.perf_counter()
-        method = TPP(TPPHparams(**cfg["select"], **cfg["tpp"]))
-        out["TPP"] = (method.prune(dense, ratio, ctx), time.perf_counter() - t0)
+        best, tried = None, []
+        for cand in cfg.get("tpp_candidates") or [{}]:
+            hp = TPPHparams(**cfg["select"], **{**cfg["tpp"], **cand})
+            regularised = copy.deepcopy(dense)
+            reg = TPP(hp).regularise(regularised, ratio, ctx)
+            reg.rows.zero()  # what reg.prune() does first; the stabilise phase has zeroed them already
+            val = evaluate(regularised, ctx.data.val)["top1"]
+            tried.append({"rise_iters": hp.schedule.rise_iters, "stabilise": hp.stabilise, "val_acc": val})
+            if best is None or val > best[0]:
+                best = (val, reg, {"acc_before_removal": evaluate(regularised, ctx.data.test)["top1"],
+                                   "val_acc_before_removal": val, "tpp_rise_iters": hp.schedule.rise_iters,
+                                   "tpp_stabilise": hp.stabilise})
+        out["TPP"] = (best[1].prune(), time.perf_counter() - t0)  # seconds include every candidate
+        if info is not None:
+            info["TPP"] = {**best[2], "tpp_candidates": tried}
     if "GReg-2" in cfg["methods"]:
         from prunekit.methods.greg import GReg2, GRegHparams
 
@@ -126,7 +152,8 @@ def run(cfg: dict, out_path: Path, log=print) -> dict:
         t0 = time.perf_counter()
         res = train(dense, data, pre, progress=False)
         jsv_x = data.test.x[: cfg["jsv_samples"]]
-        d = {"seed": seed, "test_acc": evaluate(dense, data.test)["top1"], "val_selected_acc": res.test_at_best_val,
+        d = {"seed": seed, "test_acc": evaluate(dense, data.test)["top1"], "val_acc": evaluate(dense, data.val)["top1"],
+             "val_selected_acc": res.test_at_best_val,
              "jsv": jsv_mean(dense, jsv_x), "params": count_params(dense),
              "seconds": round(time.perf_counter() - t0, 1)}
         result["dense"].append(d)
@@ -134,10 +161,11 @@ def run(cfg: dict, out_path: Path, log=print) -> dict:
         ctx = Context(data=data, finetune=TrainHparams(**cfg["finetune"], lr=cfg["lrs"][0], seed=seed), pretrain=pre,
                       build_model=build, example_inputs=data.example_inputs(2), seed=seed)
         for ratio in cfg["ratios"]:
-            for method, (pruned, secs) in prune_all(dense, ratio, ctx, cfg).items():
+            info = {}
+            for method, (pruned, secs) in prune_all(dense, ratio, ctx, cfg, info).items():
                 base = {"model": cfg["model"], "dataset": cfg["dataset"], "method": method, "ratio": ratio,
                         "seed": seed, "prune_seconds": round(secs, 1),
-                        "budget": "pretrain" if method == "Scratch" else "finetune"}
+                        "budget": "pretrain" if method == "Scratch" else "finetune", **info.get(method, {})}
                 # Scratch trains once with the dense model's budget: its LR column is the pretrain LR.
                 hps = ([pre] if method == "Scratch" else
                        [TrainHparams(**cfg["finetune"], lr=lr, seed=seed) for lr in cfg["lrs"]])
@@ -163,12 +191,13 @@ def summarise(rows) -> list[dict]:
         rs = [r for r in rows if (r["method"], r["ratio"], r["lr"]) == (m, ratio, lr)]
 
         def ms(field, scale=1.0):
-            v = [r[field] * scale for r in rs if r[field] is not None]
+            v = [r[field] * scale for r in rs if r.get(field) is not None]
             return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) if v else (None, None)
 
         out.append({"method": m, "ratio": ratio, "lr": lr, "n": len(rs), "best_acc": ms("best_acc", 100),
                     "final_acc": ms("final_acc", 100), "val_selected_acc": ms("val_selected_acc", 100),
-                    "jsv_mean_after_prune": ms("jsv_mean_after_prune"), "acc_after_prune": ms("acc_after_prune", 100)})
+                    "jsv_mean_after_prune": ms("jsv_mean_after_prune"), "acc_after_prune": ms("acc_after_prune", 100),
+                    "acc_before_removal": ms("acc_before_removal", 100)})
     return out
 
 
@@ -177,11 +206,12 @@ def table(summary) -> str:
         return "-" if p[0] is None else f"{p[0]:.{digits}f} ± {p[1]:.{digits}f}"
 
     lines = ["| ratio | method | LR | n | best acc % (test-selected) | val-selected acc % | final acc % | "
-             "acc right after prune % | mean JSV after prune |", "|" + "---|" * 9]
+             "acc right before removal % | acc right after prune % | mean JSV after prune |", "|" + "---|" * 10]
     for s in summary:
         jsv = s["jsv_mean_after_prune"]
         lines.append(f"| {s['ratio']} | {s['method']} | {s['lr']:g} | {s['n']} | {f(s['best_acc'])} | "
-                     f"{f(s['val_selected_acc'])} | {f(s['final_acc'])} | {f(s['acc_after_prune'])} | "
+                     f"{f(s['val_selected_acc'])} | {f(s['final_acc'])} | {f(s.get('acc_before_removal', (None,)))} | "
+                     f"{f(s['acc_after_prune'])} | "
                      f"{jsv[0]:.4g} ± {jsv[1]:.2g} |")
     return "\n".join(lines)
 

@@ -271,3 +271,29 @@ def test_tpp_runner_method_on_bn_free_mlp_and_on_resnet():
     r.t = r.hp.total_iters
     slim = r.prune()
     assert slim.layer3[2].conv2.weight.shape[:2] == (32, 32) and slim(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_tpp_regularise_works_in_place_zeroes_all_pruned_rows_and_removal_is_exact():
+    import copy
+
+    from prunekit.methods.tpp import TPP
+
+    mlp, ctx = _digits_ctx("mlp7-linear")
+    method = TPP(TPPHparams(delta=0.5, every=2, stabilise=14, zero_every=2))
+    work = copy.deepcopy(mlp)
+    reg = method.regularise(work, 0.5, ctx)
+    assert reg.finished and reg.t == 4 + 14
+    # trained in place: the kept rows of the first layer moved away from the dense model's
+    kept0 = ~reg.rows.out_masks["features.1"]
+    assert not torch.equal(work.features[1].weight[kept0], mlp.features[1].weight[kept0])
+    # 6 hidden layers zeroed at 2, 4, ..., 12 iterations into the 14-iteration stabilise phase:
+    # every pruned row is exactly zero BEFORE prune() zeroes anything itself
+    assert len(reg.rows.out_masks) == 6
+    for name, mask in reg.rows.out_masks.items():
+        w = work.get_submodule(name).weight
+        assert mask.sum() == 50 and torch.count_nonzero(w[mask]) == 0 and torch.count_nonzero(w[~mask]) > 0
+    x = ctx.data.test.x[:16]
+    with torch.no_grad():
+        before = work(x)
+        slim = reg.prune()
+        torch.testing.assert_close(slim(x), before, atol=1e-5, rtol=1e-5)  # removal costs nothing

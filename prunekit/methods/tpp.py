@@ -224,12 +224,17 @@ class TPP(PruningMethod):
     def regularizer(self, model, target, ctx) -> TPPRegularizer:
         return TPPRegularizer(model, ctx.example_inputs, target, self.hp)
 
-    def prune(self, model, target, ctx):
-        model = self.copy(model)
+    def regularise(self, model, target, ctx) -> TPPRegularizer:
+        """Run the regularisation + stabilise phases on ``model`` IN PLACE; returns the finished
+        regulariser (``reg.prune()`` removes the channels). Split from ``prune`` so benchmarks can
+        measure the regularised model right before physical removal."""
         reg = self.regularizer(model, target, ctx)
         h = self.hp
         train(model, ctx.data, phase_hparams(h.total_iters, ctx, h.lr, h.momentum, h.weight_decay, h.batch_size),
               callbacks=[TPPCallback(reg)], progress=ctx.progress, eval_test=False)
         if not reg.finished:
             raise RuntimeError(f"TPP regularisation stopped at iteration {reg.t} of {h.total_iters}")
-        return reg.prune()
+        return reg
+
+    def prune(self, model, target, ctx):
+        return self.regularise(self.copy(model), target, ctx).prune()
