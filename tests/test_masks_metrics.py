@@ -115,3 +115,16 @@ def test_prunable_modules_order():
     m = models.build("lenet5-caffe", 1, 28, 10)
     assert list(prunable_modules(m)) == ["conv1", "conv2", "fc1", "fc2"]
     assert list(prunable_modules(m, include_classifier=False)) == ["conv1", "conv2", "fc1"]
+
+
+def test_remove_masks_on_a_copy_leaves_the_original_working():
+    import copy
+
+    m = _net()
+    apply_masks(m, magnitude_masks(m, 0.5))
+    x = torch.randn(3, 20)
+    y = m(x)
+    c = copy.deepcopy(m)
+    remove_masks(c)
+    assert torch.equal(c(x), y) and isinstance(c[0].weight, nn.Parameter)
+    assert torch.equal(m(x), y) and len(get_masks(m)) == 2  # original still masked

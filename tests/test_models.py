@@ -63,3 +63,8 @@ def test_vit_has_heads():
     m = models.build("vit", 3, 32, 10, dim=64, depth=2, heads=4)
     att = m.blocks[0].attn
     assert att.num_heads == 4 and att.head_dim == 16 and isinstance(att.q, nn.Linear)
+
+
+def test_mlps_take_1d_signals_with_in_features():
+    m = models.build("lenet-300-100", 1, 40, 10, in_features=40)
+    assert m(torch.randn(2, 1, 40)).shape == (2, 10) and m.features[1].in_features == 40

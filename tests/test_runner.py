@@ -97,3 +97,10 @@ def test_cli_list_shows_registries_and_method_help():
 def test_console_entry_point_installed():
     out = subprocess.run([sys.executable, "-m", "prunekit.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "run" in out.stdout and "report" in out.stdout
+
+
+def test_runner_feeds_1d_data_to_an_mlp(tmp_path):
+    cfg = {**TINY, "dataset_options": {"shape": [1, 12], "n_train": 64, "n_test": 32}, "out_dir": str(tmp_path),
+           "pretrain": {"epochs": 1, "batch_size": 32}, "methods": [{"name": "magnitude", "targets": [0.5]}]}
+    summary = run_experiment(load_config(_write(tmp_path, cfg)), progress=False, log=lambda *a: None)
+    assert summary["dense"]["params"] == 12 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10

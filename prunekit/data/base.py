@@ -87,13 +87,15 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, crop_pad: int = 0, flip
     if crop_pad:
         n, _, h, w = x.shape
         xp = F.pad(x, (crop_pad,) * 4)
-        dx = torch.randint(0, 2 * crop_pad + 1, (n,), generator=gen)
-        dy = torch.randint(0, 2 * crop_pad + 1, (n,), generator=gen)
-        rows = (dy[:, None] + torch.arange(h)[None])  # n x h
-        cols = (dx[:, None] + torch.arange(w)[None])  # n x w
-        x = xp[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+        # draws on the CPU generator, so augmentation is identical whatever the device
+        dx = torch.randint(0, 2 * crop_pad + 1, (n,), generator=gen).to(x.device)
+        dy = torch.randint(0, 2 * crop_pad + 1, (n,), generator=gen).to(x.device)
+        ar = lambda k: torch.arange(k, device=x.device)  # noqa: E731
+        rows = (dy[:, None] + ar(h)[None])  # n x h
+        cols = (dx[:, None] + ar(w)[None])  # n x w
+        x = xp[ar(n)[:, None, None, None], ar(x.shape[1])[None, :, None, None],
                rows[:, None, :, None], cols[:, None, None, :]]
     if flip:
-        m = torch.rand(x.shape[0], generator=gen) < 0.5
+        m = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
         x = torch.where(m.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
     return x

@@ -28,11 +28,14 @@ class MLP(nn.Module):
 
 
 @MODELS.register("mlp7-linear")
-def mlp7_linear(in_channels=1, input_size=32, num_classes=10, width: int = 100, act: str = "linear"):
-    """7 Linear layers (1024->100, five 100->100, 100->10), identity activation, no BN."""
-    return MLP(in_channels * input_size * input_size, [width] * 6, num_classes, act=act)
+def mlp7_linear(in_channels=1, input_size=32, num_classes=10, width: int = 100, act: str = "linear",
+                in_features: int | None = None):
+    """7 Linear layers (1024->100, five 100->100, 100->10), identity activation, no BN.
+    ``in_features`` overrides channels x size x size (e.g. 40 for 1-D MNIST-1D signals)."""
+    return MLP(in_features or in_channels * input_size * input_size, [width] * 6, num_classes, act=act)
 
 
 @MODELS.register("lenet-300-100")
-def lenet_300_100(in_channels=1, input_size=28, num_classes=10):
-    return MLP(in_channels * input_size * input_size, [300, 100], num_classes, act="relu")
+def lenet_300_100(in_channels=1, input_size=28, num_classes=10, in_features: int | None = None):
+    """``in_features`` overrides channels x size x size (e.g. 40 for 1-D MNIST-1D signals)."""
+    return MLP(in_features or in_channels * input_size * input_size, [300, 100], num_classes, act="relu")

@@ -50,8 +50,14 @@ def default_config() -> ExperimentConfig:
         pretrain={"epochs": 20, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine"},
         finetune={"epochs": 8, "batch_size": 64, "lr": 0.01, "weight_decay": 5e-4, "schedule": "cosine"},
         methods=[
+            # unstructured: target = fraction of conv/linear weights removed
             {"name": "magnitude", "targets": [0.9, 0.98]},
             {"name": "random", "targets": [0.9, 0.98]},
+            {"name": "snip", "targets": [0.98]},
+            {"name": "espn", "targets": [0.98]},
+            # structured: target = fraction of channels removed per layer (physically)
+            {"name": "l1", "targets": [0.3, 0.5]},
+            {"name": "tpp", "targets": [0.5], "options": {"preset": "demo"}},
         ],
         rewind_iterations=60,
     )

@@ -6,7 +6,9 @@ checkpoint and skips results already in the summary.
 """
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import time
 from pathlib import Path
 
@@ -57,8 +59,12 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
     torch.manual_seed(cfg.seed)
     data = datasets.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options)
 
+    opts = dict(cfg.model_options)
+    if len(data.input_shape) == 2 and "in_features" in inspect.signature(models.MODELS.get(cfg.model)).parameters:
+        opts.setdefault("in_features", math.prod(data.input_shape))  # 1-D signals into an MLP
+
     def build():
-        return models.build(cfg.model, data.in_channels, data.input_size, data.num_classes, **cfg.model_options)
+        return models.build(cfg.model, data.in_channels, data.input_size, data.num_classes, **opts)
 
     model = build()
     pre = from_dict(TrainHparams, {"seed": cfg.seed, **cfg.pretrain}, where="pretrain")

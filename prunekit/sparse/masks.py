@@ -76,10 +76,22 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
-    """Bake masks into plain weights (zeros stay zeros) and drop the parametrizations."""
+    """Bake masks into plain weights (zeros stay zeros) and drop the parametrizations.
+
+    Done per instance rather than with ``parametrize.remove_parametrizations``: that deletes
+    the ``weight`` property from the generated Parametrized* class, which ``copy.deepcopy``
+    shares between a model and its copies, so unmasking a copy would break the original.
+    """
     for _, m in model.named_modules():
-        if parametrize.is_parametrized(m, "weight"):
+        if not parametrize.is_parametrized(m, "weight"):
+            continue
+        if set(m.parametrizations.keys()) != {"weight"}:  # other tensors parametrized too: torch's way
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+            continue
+        value = m.weight.detach().clone()
+        del m._modules["parametrizations"]
+        m.__class__ = m.__class__.__bases__[0]
+        m.register_parameter("weight", nn.Parameter(value))
     return model
 
 

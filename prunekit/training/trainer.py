@@ -25,14 +25,22 @@ from .distributed import batch_order, init_from_env, local_slice
 from .hparams import TrainHparams
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Batches follow the model: move the model to a GPU and training/evaluation run there."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict:
     """Top-1 and top-5 accuracy (fractions) and mean cross-entropy loss."""
     was = model.training
     model.eval()
+    dev = model_device(model)
     n, c1, c5, loss = len(data), 0, 0, 0.0
     for s in range(0, n, batch_size):
         x, y = data.get_batch(slice(s, s + batch_size))
+        x, y = x.to(dev), y.to(dev)
         out = model(x)
         loss += F.cross_entropy(out, y, reduction="sum").item()
         top = out.topk(min(5, out.shape[1]), dim=1).indices
@@ -100,6 +108,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(hp, s, self.spe))
         self.aug_gen = torch.Generator().manual_seed(hp.seed + 7)
+        self.device = model_device(model)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.result = TrainResult()
         self.eval_test = eval_test
@@ -162,6 +171,7 @@ class Trainer:
             loss_sum, correct, seen = 0.0, 0, 0
             for bi in range(self.batch_in_epoch, len(batches)):
                 x, y = self.train_set.get_batch(batches[bi])
+                x, y = x.to(self.device), y.to(self.device)
                 if self.data is not None and self.data.augment:
                     x = augment_batch(x, self.aug_gen, **self.data.augment)
                 x, y = local_slice(x, self.rank, self.world), local_slice(y, self.rank, self.world)
