@@ -12,14 +12,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..sparse.masks import prunable_modules
-
-
-def _run(model, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
+from ..foundations.inputs import call_model as _run
 
 
 @torch.no_grad()

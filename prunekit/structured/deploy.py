@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
+from ..foundations.inputs import call_model as _run
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -44,14 +45,6 @@ _SIMD_BITS = {"AVX512": 512, "AVX2": 256, "SVE256": 256, "ZVECTOR": 128, "VSX": 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _run(model: nn.Module, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _tensors_in(obj, out: list | None = None) -> list:

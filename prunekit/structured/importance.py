@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..foundations.registry import Registry
 from .groups import ChannelGroup
+from ..foundations.inputs import call_model as _run
 
 CRITERIA: Registry = Registry("importance criterion")
 
@@ -130,14 +131,6 @@ def bn_scale(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 @register_criterion("random")
 def random(model: nn.Module, group: ChannelGroup, generator: torch.Generator | None = None) -> torch.Tensor:
     return torch.rand(group.size, generator=generator)
-
-
-def _run(model, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _logits(out):

@@ -19,6 +19,7 @@ from .capture import custom_norm
 from .groups import ChannelGroup, channel_groups
 from .padding import attribute_updates
 from .plan import apply_plan, empty_plan
+from ..foundations.inputs import call_model as _run
 
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
               "num_kv_heads", "n_kv_heads", "kv_heads")
@@ -182,14 +183,6 @@ def removal_plan(model: nn.Module, groups: list[ChannelGroup], pruned: dict) -> 
                 a["embed_dim"] = a["kdim"] = a["vdim"] = len(cols["keep"])
     plan["attrs"] = {k: v for k, v in attrs.items() if v}
     return plan
-
-
-def _run(model, inputs):
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def slim_with_plan(model: nn.Module, example_inputs, pruned: dict, groups: list[ChannelGroup] | None = None,
