@@ -156,3 +156,20 @@ def test_bad_arguments():
 def test_a_diverging_search_fails_loudly(tiny):
     with pytest.raises(FloatingPointError, match="diverged"):
         search(mlp(), tiny, 0.9, alpha=1e-3, lr=1e6, max_epochs=3, batch_size=32)
+
+
+def test_method_warns_when_the_cap_ends_the_search_and_not_when_it_reaches(tiny):
+    import warnings
+
+    from prunekit.methods import Context, get
+
+    ctx = Context(data=tiny, finetune=TrainHparams(epochs=1, batch_size=32), pretrain=TrainHparams(epochs=1),
+                  build_model=mlp, example_inputs=tiny.example_inputs(2), seed=0)
+    with pytest.warns(RuntimeWarning, match="hit its 1-epoch cap"):
+        get("espn", {"alpha": 1e-6, "max_search_epochs": 1}).prune(mlp(), 0.5, ctx)
+    meth = get("espn", {"alpha": 0.05, "max_search_epochs": 40})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        pruned = meth.prune(mlp(), 0.9, ctx)
+    assert meth.last_search["rounds"][0]["reached"] and meth.last_search["epochs"] < 40
+    assert sum(int(v.sum()) for v in M.get_masks(pruned).values()) == M.keep_count(240, 0.9)
