@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .masks import apply_masks, current_mask, keep_count, prunable_modules, raw_weight
+from .masks import apply_masks, current_mask, keep_count, prunable_modules, raw_weight, unparametrize
 
 
 class SoftMask(nn.Module):
@@ -171,18 +171,6 @@ def strip_soft_masks(model: nn.Module) -> nn.Module:
         if _soft(m) is not None:
             unparametrize(m, m.parametrizations.weight.original)
     return model
-
-
-def unparametrize(m: nn.Module, value: torch.Tensor) -> None:
-    """Drop all parametrizations of ``m.weight`` and make ``value`` its plain parameter.
-
-    Done by hand because ``parametrize.remove_parametrizations`` deletes the ``weight``
-    property from the generated Parametrized* class, which ``copy.deepcopy`` shares between
-    a model and its copies: removing it from a copy would break the original."""
-    value = value.detach()
-    del m._modules["parametrizations"]
-    m.__class__ = m.__class__.__bases__[0]
-    m.register_parameter("weight", nn.Parameter(value, requires_grad=True))
 
 
 @dataclasses.dataclass

@@ -207,7 +207,7 @@ def to_sparse_linear(model: nn.Module, min_sparsity: float = 0.0) -> nn.Module:
     ``SparseLinear``. Inference only (no gradients for the CSR weight). Convs stay dense."""
     import copy
 
-    # Replace whole modules rather than removing masks: see espn.unparametrize for why
+    # Replace whole modules rather than removing masks: see masks.unparametrize for why
     # removing parametrizations from a deep copy is unsafe.
     net = copy.deepcopy(model)
     for name, m in list(net.named_modules()):

@@ -75,23 +75,28 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: current_mask(m).clone() for n, m in model.named_modules() if current_mask(m) is not None}
 
 
-def remove_masks(model: nn.Module) -> nn.Module:
-    """Bake masks into plain weights (zeros stay zeros) and drop the parametrizations.
+def unparametrize(m: nn.Module, value: torch.Tensor) -> None:
+    """Drop every parametrization of ``m.weight`` and make ``value`` its plain parameter.
 
     Done per instance rather than with ``parametrize.remove_parametrizations``: that deletes
     the ``weight`` property from the generated Parametrized* class, which ``copy.deepcopy``
     shares between a model and its copies, so unmasking a copy would break the original.
     """
+    value = value.detach().clone()
+    del m._modules["parametrizations"]
+    m.__class__ = m.__class__.__bases__[0]
+    m.register_parameter("weight", nn.Parameter(value))
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    """Bake masks into plain weights (zeros stay zeros) and drop the parametrizations."""
     for _, m in model.named_modules():
         if not parametrize.is_parametrized(m, "weight"):
             continue
         if set(m.parametrizations.keys()) != {"weight"}:  # other tensors parametrized too: torch's way
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-            continue
-        value = m.weight.detach().clone()
-        del m._modules["parametrizations"]
-        m.__class__ = m.__class__.__bases__[0]
-        m.register_parameter("weight", nn.Parameter(value))
+        else:
+            unparametrize(m, m.weight)
     return model
 
 
