@@ -16,7 +16,8 @@ import torch
 
 from ..foundations.hparams import hp
 from ..sparse.masks import apply_masks, magnitude_masks
-from ..training import Callback, train
+from ..training import train
+from ..training.callbacks import RecordAt
 from .base import PruningMethod
 from .registry import register
 
@@ -56,21 +57,6 @@ def imp_path(trained, rewind_state: dict, schedule, include_classifier: bool = T
         apply_masks(net, masks)
         yield s, net
         current = net
-
-
-class RecordAt(Callback):
-    """Copy the weights after ``iteration`` optimiser steps (0: before training)."""
-
-    def __init__(self, iteration: int):
-        self.iteration, self.state = iteration, None
-
-    def on_train_start(self, trainer):
-        if self.iteration == 0:
-            self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-    def after_step(self, trainer):
-        if trainer.step + 1 == self.iteration:
-            self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
 @dataclass

@@ -20,20 +20,10 @@ from ..foundations.hparams import from_dict, to_dict
 from ..foundations.io import atomic_write_json, load_tensors, save_tensors
 from ..methods import Context, get
 from ..metrics import count_nonzero, count_params, flops, latency_ms
-from ..training import Callback, TrainHparams, evaluate, train
+from ..training import TrainHparams, evaluate, train
+from ..training.callbacks import RecordAt
 from .config import ExperimentConfig
 from .report import render
-
-
-class RecordAt(Callback):
-    """Copies the model's weights after a given number of iterations (the rewind point)."""
-
-    def __init__(self, iteration: int):
-        self.iteration, self.state = iteration, None
-
-    def after_step(self, trainer):
-        if trainer.step + 1 == self.iteration:
-            self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
 def load_weights(model, path) -> None:

@@ -28,3 +28,22 @@ class Callback:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class RecordAt(Callback):
+    """Copies the model's weights after ``iteration`` optimiser steps (0: before training):
+    the rewind point of lottery-ticket and ESPN-Rewind style methods."""
+
+    def __init__(self, iteration: int):
+        self.iteration, self.state = iteration, None
+
+    def _copy(self, trainer) -> None:
+        self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    def on_train_start(self, trainer) -> None:
+        if self.iteration == 0:
+            self._copy(trainer)
+
+    def after_step(self, trainer) -> None:
+        if trainer.step + 1 == self.iteration:  # trainer.step counts steps before this one
+            self._copy(trainer)
