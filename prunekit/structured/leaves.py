@@ -25,6 +25,22 @@ def _split(entries, dim):
     return on, joint, rest
 
 
+def _at_channel_dim(book, entries, cd):
+    """For a layer that mixes everything from channel dim ``cd`` on: the entry exactly on
+    ``cd`` and the entries wholly before it pass; any other channel touching ``cd`` or a
+    later dim is mixed by the layer, so it is frozen."""
+    on, joint, rest = _split(entries, cd)
+    passed = []
+    for arr in joint:
+        book.freeze(arr)
+    for dims, arr in rest:
+        if min(dims) < cd:
+            passed.append((dims, arr))
+        else:
+            book.freeze(arr)
+    return on, passed
+
+
 def opaque(cap: Capture, args, kwargs) -> None:
     for t in flat_tensors(list(args) + list(kwargs.values())):
         cap.freeze_tensor(t)
@@ -63,15 +79,7 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
         return
     if isinstance(mod, nn.modules.conv._ConvNd):
         cd = 1 if x.dim() == len(mod.kernel_size) + 2 else 0
-        on, joint, rest = _split(ents, cd)
-        for arr in joint:
-            book.freeze(arr)
-        passed = []
-        for dims, arr in rest:
-            if min(dims) < cd:
-                passed.append((dims, arr))
-            else:
-                book.freeze(arr)  # a channel living on a spatial dim: conv mixes it
+        on, passed = _at_channel_dim(book, ents, cd)  # spatial dims: the conv mixes them
         g, cin, cout = mod.groups, mod.in_channels, mod.out_channels
         if g == 1:
             if on is not None:
@@ -133,15 +141,7 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
         cap.set(out, keep)
     elif isinstance(mod, nn.modules.batchnorm._NormBase):
         cd = 1 if x.dim() >= 2 else 0
-        on, joint, rest = _split(ents, cd)
-        for arr in joint:
-            book.freeze(arr)
-        keep = []
-        for dims, arr in rest:
-            if min(dims) < cd:
-                keep.append((dims, arr))
-            else:
-                book.freeze(arr)  # statistics run over these dims
+        on, keep = _at_channel_dim(book, ents, cd)  # statistics run over the later dims
         if on is not None:
             cap.record("norm", name, 0, on)
             keep.append(((cd,), on))

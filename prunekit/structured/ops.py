@@ -43,6 +43,11 @@ def _norm(name: str) -> tuple[str, bool]:
     return name, inplace
 
 
+# Op-name families sharing one rule, tried in this order when no specific rule exists.
+FAMILIES = [(ELEMENTWISE, elementwise), (FIRST_ONLY, first_only), (VIEWS, view), (PERMUTES, permute),
+            (EXPANDS, expand), (SOFTMAX, softmax_like), (REDUCE, reduce), (POOL, pool)]
+
+
 def on_op(cap: Capture, raw: str, args, kwargs, out) -> None:
     outs = flat_tensors(out)
     if not outs:
@@ -54,24 +59,7 @@ def on_op(cap: Capture, raw: str, args, kwargs, out) -> None:
     tracked = [t for t in ins if cap.get(t)]
     if not tracked:
         return
-    rule = RULES.get(name)
-    if rule is None:
-        if name in ELEMENTWISE:
-            rule = elementwise
-        elif name in FIRST_ONLY:
-            rule = first_only
-        elif name in VIEWS:
-            rule = view
-        elif name in PERMUTES:
-            rule = permute
-        elif name in EXPANDS:
-            rule = expand
-        elif name in SOFTMAX:
-            rule = softmax_like
-        elif name in REDUCE:
-            rule = reduce
-        elif name in POOL:
-            rule = pool
+    rule = RULES.get(name) or next((r for names, r in FAMILIES if name in names), None)
     if rule is None:
         cap.unknown.append(f"{raw} in {cap.where()}")
         for t in ins:

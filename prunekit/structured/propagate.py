@@ -114,14 +114,15 @@ def merge(book: SlotBook, ops: list[Operand], out_labels: list) -> list[tuple[tu
     return final
 
 
+def _sorted_entry(dims: list[int], arr) -> Entry:
+    """An entry whose array axes follow ``dims``, re-ordered so the dims ascend."""
+    order = sorted(range(len(dims)), key=lambda k: dims[k])
+    return tuple(dims[k] for k in order), np.transpose(arr, order)
+
+
 def to_dims(labelled, out_labels) -> list[Entry]:
     pos = {lab: d for d, lab in enumerate(out_labels)}
-    res = []
-    for la, arr in labelled:
-        dims = [pos[x] for x in la]
-        order = sorted(range(len(dims)), key=lambda k: dims[k])
-        res.append((tuple(dims[k] for k in order), np.transpose(arr, order)))
-    return res
+    return [_sorted_entry([pos[x] for x in la], arr) for la, arr in labelled]
 
 
 def elementwise_operand(entries: list[Entry], shape, out_shape, tag) -> Operand:
@@ -227,12 +228,7 @@ def reshape(book: SlotBook, entries: list[Entry], src, dst, on_split=None) -> li
 def permute(entries: list[Entry], perm: list[int]) -> list[Entry]:
     """Output dim k is input dim perm[k]."""
     inv = {src: k for k, src in enumerate(perm)}
-    res = []
-    for dims, arr in entries:
-        nd = [inv[d] for d in dims]
-        order = sorted(range(len(nd)), key=lambda k: nd[k])
-        res.append((tuple(nd[k] for k in order), np.transpose(arr, order)))
-    return res
+    return [_sorted_entry([inv[d] for d in dims], arr) for dims, arr in entries]
 
 
 def shift(entries: list[Entry], offset: int) -> list[Entry]:
