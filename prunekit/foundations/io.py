@@ -2,15 +2,20 @@
 
 Everything is written to a temporary file in the destination directory and then
 ``os.replace``d, so a crash never leaves a half-written checkpoint or result behind.
-Tensors go to safetensors; everything else to JSON. Nested state (optimiser, scheduler,
+Tensors go to safetensors; everything else to JSON. Every tensor's payload is hashed
+(BLAKE2b) into the file's metadata and checked on every load, so a flipped byte or an
+overwritten weight raises ``CheckpointError`` naming the file and the tensor instead of
+silently changing a result. Nested state (optimiser, scheduler,
 RNG) is split by ``split_state`` into a JSON skeleton with tensor references plus a flat
 tensor dict, and rebuilt by ``join_state``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint or saved model is missing, corrupted or incompatible."""
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def clean_orphans(directory, older_than_s: float = 0.0) -> list[Path]:
+    """Delete temp files that an earlier, killed writer left behind in ``directory``.
+
+    Only our own pattern is touched (``.<name>.<random>.tmp`` from ``atomic_write_bytes``
+    and ``.<name>.<random>.part`` from downloads). ``older_than_s`` spares files another
+    live process may be writing right now."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed, now = [], time.time()
+    for p in directory.iterdir():
+        if p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, ".part")) and p.is_file():
+            try:
+                if now - p.stat().st_mtime >= older_than_s:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:  # another process finished or cleaned it meanwhile
+                pass
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -94,25 +123,51 @@ def join_state(skel: Any, tensors: dict[str, torch.Tensor]):
     return skel
 
 
+CHECKSUM_KEY = "prunekit.blake2b"
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """BLAKE2b of a tensor's raw bytes (dtype and shape are checked by safetensors' header)."""
+    t = t.detach().cpu().contiguous().reshape(-1)
+    raw = t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    return hashlib.blake2b(raw.numpy(), digest_size=16).hexdigest()
+
+
 def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """Atomically write tensors (and a JSON metadata dict) to one safetensors file."""
+    """Atomically write tensors (and a JSON metadata dict) to one safetensors file,
+    with a checksum of every tensor in the metadata."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"prunekit": json.dumps(meta or {}, default=_json_default)}
+    metadata = {"prunekit": json.dumps(meta or {}, default=_json_default),
+                CHECKSUM_KEY: json.dumps({k: tensor_digest(v) for k, v in clean.items()})}
     atomic_write_bytes(path, st_save(clean, metadata=metadata))
 
 
 def load_tensors(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a file written by save_tensors; raise CheckpointError naming the file if unusable."""
+    """Read a file written by save_tensors and verify every tensor's checksum; raise
+    CheckpointError naming the file (and the tensor) if it is unusable."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no such file: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file")
     data = path.read_bytes()
     try:
         tensors = st_load(data)
         # safetensors.torch.load drops metadata; read the header ourselves (8-byte length + JSON).
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + n])
-        meta = json.loads(header.get("__metadata__", {}).get("prunekit", "{}"))
+        raw_meta = header.get("__metadata__") or {}
+        meta = json.loads(raw_meta.get("prunekit", "{}"))
+        sums = json.loads(raw_meta[CHECKSUM_KEY]) if CHECKSUM_KEY in raw_meta else None
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupted or not a prunekit safetensors file ({e})") from e
+    if sums is None:
+        raise CheckpointError(f"{path} has no tensor checksums (not written by prunekit's save_tensors, "
+                              f"or its metadata was altered); it cannot be verified")
+    if set(sums) != set(tensors):
+        diff = sorted(set(sums) ^ set(tensors))
+        raise CheckpointError(f"{path} is corrupted: tensors {diff[:5]} do not match its checksum list")
+    for k, t in tensors.items():
+        if tensor_digest(t) != sums[k]:
+            raise CheckpointError(f"{path} is corrupted: tensor {k!r} fails its checksum")
     return tensors, meta

@@ -1,11 +1,15 @@
 """Run an experiment: dense model -> every (method, target) -> fine-tune -> measure -> report.
 
 ``summary.json`` is rewritten atomically after every result, so a killed run loses at
-most the result in progress; ``resume=True`` continues dense training from its
-checkpoint and skips results already in the summary.
+most the result in progress. ``resume=True`` continues dense training from its
+checkpoint (rewind point included), keeps finished results and recomputes the one that
+was in progress from its seed, so the resumed summary equals an uninterrupted run's
+(timings aside). A resume under a config that changed a finished stage is refused
+(see ``rundir.py``).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -17,13 +21,24 @@ import torch
 from .. import data as datasets
 from .. import models
 from ..foundations.hparams import from_dict, to_dict
-from ..foundations.io import atomic_write_json, load_tensors, save_tensors
+from ..foundations.io import load_tensors, save_tensors, atomic_write_json
 from ..methods import Context, get
-from ..metrics import count_nonzero, count_params, flops, latency_ms
+from ..metrics import count_nonzero, count_params, flops
+from ..metrics.latency import compare_latency
+from ..sparse.masks import remove_masks
 from ..training import TrainHparams, evaluate, train
 from ..training.callbacks import RecordAt
+from ..training.progress import phase
 from .config import ExperimentConfig
 from .report import render
+from .rundir import check_run_dir, init_run_dir, normalised, row_hash
+
+# fields of a result row that measure time, not the model: they differ between any two runs
+TIMING_FIELDS = ("seconds", "latency_ms", "dense_latency_ms", "speedup")
+
+
+class MethodError(RuntimeError):
+    """A pruning method failed at run time; the message names the method, target and stage."""
 
 
 def load_weights(model, path) -> None:
@@ -41,13 +56,27 @@ def measure(model, data, example) -> dict:
             "flops": flops(model, example)["effective"]}
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = False, log=print) -> dict:
-    run_dir = Path(cfg.out_dir) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", to_dict(cfg))
+def deployable(model):
+    """The model as it would ship: masks baked into plain weights (a parametrized forward
+    recomputes weight * mask on every call and would be timed slower than it deploys)."""
+    return remove_masks(copy.deepcopy(model))
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = False, log=print,
+                   force: bool = False, threads: int | None = None) -> dict:
+    check_run_dir(cfg, resume, force)  # before any work: refuse to clobber or to mix configs
+    if threads is not None:
+        torch.set_num_threads(threads)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     data = datasets.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options)
+    run_dir = init_run_dir(cfg, resume, force)
+    norm = normalised(cfg)
 
     opts = dict(cfg.model_options)
     if len(data.input_shape) == 2 and "in_features" in inspect.signature(models.MODELS.get(cfg.model)).parameters:
@@ -60,7 +89,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
     pre = from_dict(TrainHparams, {"seed": cfg.seed, **cfg.pretrain}, where="pretrain")
     fin = from_dict(TrainHparams, {"seed": cfg.seed, **cfg.finetune}, where="finetune")
     rec = RecordAt(cfg.rewind_iterations)
-    dense_path = run_dir / "dense.safetensors"
+    dense_path, rewind_path = run_dir / "dense.safetensors", run_dir / "rewind.safetensors"
     if cfg.checkpoint:
         load_weights(model, cfg.checkpoint)
         log(f"loaded dense weights from {cfg.checkpoint}")
@@ -69,20 +98,29 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
         log(f"resumed: dense weights from {dense_path}")
     else:
         log(f"training dense {cfg.model} on {cfg.dataset} ({pre.epochs} epochs)")
-        train(model, data, pre, callbacks=[rec] if cfg.rewind_iterations else [], progress=progress,
-              checkpoint_path=run_dir / "dense.ckpt.safetensors", checkpoint_every=200, resume=resume,
-              log_path=run_dir / "dense_metrics.jsonl")
-        save_tensors(dense_path, model.state_dict(), {"model": cfg.model})
+        with phase("dense"):
+            train(model, data, pre, callbacks=[rec] if cfg.rewind_iterations else [], progress=progress,
+                  checkpoint_path=run_dir / "dense.ckpt.safetensors", checkpoint_every=200, resume=resume,
+                  log_path=run_dir / "dense_metrics.jsonl")
+        # the rewind point first: dense.safetensors existing means both are complete
         if rec.state is not None:
-            save_tensors(run_dir / "rewind.safetensors", rec.state, {"iteration": cfg.rewind_iterations})
+            save_tensors(rewind_path, rec.state, {"iteration": cfg.rewind_iterations})
+        save_tensors(dense_path, model.state_dict(), {"model": cfg.model})
     rewind_state = None
-    if (run_dir / "rewind.safetensors").exists():
-        rewind_state = load_tensors(run_dir / "rewind.safetensors")[0]
+    if cfg.rewind_iterations and not cfg.checkpoint:
+        if not rewind_path.exists():
+            raise MethodError(f"{rewind_path} is missing although dense training finished; use --force to retrain")
+        rewind_state = load_tensors(rewind_path)[0]
     example = data.example_inputs(cfg.latency_batch)
+    threads_now = torch.get_num_threads()
     dense = measure(model, data, example)
-    dense["latency_ms"] = latency_ms(model, example, min_run_time=0.1)
+    dense_times = [compare_latency({"dense": model}, example, num_threads=threads_now)["dense"]]
+    dense["latency_ms"] = dense_times[0]
     log(f"dense test accuracy {dense['test_accuracy']:.4f}")
     summary = {"name": cfg.name, "dataset": cfg.dataset, "model": cfg.model, "dense": dense, "results": [],
+               "latency": {"batch_size": cfg.latency_batch, "threads": threads_now,
+                           "how": "median of 5 interleaved rounds (dense and pruned alternate), "
+                                  "masks removed before timing"},
                "config": to_dict(cfg)}
     sp = run_dir / "summary.json"
     done = set()
@@ -90,30 +128,50 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
         old = json.loads(sp.read_text())
         summary["results"] = old.get("results", [])
         done = {(r["method"], r["target"]) for r in summary["results"]}
-    for spec in cfg.methods:
+    for spec, nspec in zip(cfg.methods, norm["methods"]):
         method = get(spec.name, spec.options)
         for target in spec.targets:
             if (spec.name, target) in done:
                 continue
-            t0 = time.perf_counter()
-            torch.manual_seed(cfg.seed)
-            ctx = Context(data=data, finetune=fin, pretrain=pre, build_model=build,
-                          example_inputs=data.example_inputs(2), seed=cfg.seed, progress=progress,
-                          rewind_state=rewind_state)
-            pruned = method.prune(model, target, ctx)
-            after_prune = evaluate(pruned, data.test)["top1"]
-            result = method.finetune(pruned, ctx)
-            m = measure(pruned, data, example)
-            m["latency_ms"] = latency_ms(pruned, example, min_run_time=0.1)
-            row = {"method": spec.name, "kind": method.kind, "target": target, **m,
-                   "accuracy_after_prune": after_prune, "best_test_accuracy": result.best_test_acc,
-                   "test_at_best_val": result.test_at_best_val, "seconds": round(time.perf_counter() - t0, 1)}
+            row = _one_result(method, spec.name, target, model, data, ctx_args=dict(
+                data=data, finetune=fin, pretrain=pre, build_model=build, example_inputs=data.example_inputs(2),
+                seed=cfg.seed, progress=progress, rewind_state=rewind_state), example=example, threads=threads_now,
+                dense_times=dense_times, seed=cfg.seed)
+            row["config_hash"] = row_hash(norm, nspec, target)
             summary["results"].append(row)
+            summary["dense"]["latency_ms"] = _median(dense_times)
             atomic_write_json(sp, summary)
-            log(f"{spec.name} @ {target}: test accuracy {m['test_accuracy']:.4f} "
-                f"({m['nonzero_params']:,} non-zero params, {row['seconds']} s)")
+            log(f"{spec.name} @ {target}: test accuracy {row['test_accuracy']:.4f} "
+                f"({row['nonzero_params']:,} non-zero params, {row['seconds']} s)")
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     atomic_write_json(sp, summary)
     render(run_dir)
     log(f"wrote {sp}, {run_dir / 'report.md'}, {run_dir / 'accuracy_vs_sparsity.png'}")
     return summary
+
+
+def _one_result(method, name, target, model, data, ctx_args, example, threads, dense_times, seed) -> dict:
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)  # every result starts from the same RNG state, so a rerun reproduces it
+    ctx = Context(**ctx_args)
+    label = f"{name} @ {target}"
+    stage = "prune"
+    try:
+        with phase(f"{label}: prune"):
+            pruned = method.prune(model, target, ctx)
+        stage = "evaluate"
+        after_prune = evaluate(pruned, data.test)["top1"]
+        stage = "fine-tune"
+        with phase(f"{label}: fine-tune"):
+            result = method.finetune(pruned, ctx)
+        stage = "measure"
+        m = measure(pruned, data, example)
+        t = compare_latency({"dense": model, "pruned": deployable(pruned)}, example, num_threads=threads)
+    except Exception as e:  # noqa: BLE001 - re-raised with the context a user needs
+        raise MethodError(f"{label} failed during {stage}: {type(e).__name__}: {e}") from e
+    dense_times.append(t["dense"])
+    return {"method": name, "kind": method.kind, "target": target, **m,
+            "latency_ms": t["pruned"], "dense_latency_ms": t["dense"], "speedup": t["dense"] / t["pruned"],
+            "accuracy_after_prune": after_prune, "final_test_accuracy": result.final_test_acc,
+            "best_test_accuracy": result.best_test_acc, "test_at_best_val": result.test_at_best_val,
+            "seconds": round(time.perf_counter() - t0, 1)}

@@ -41,9 +41,22 @@ class RecordAt(Callback):
         self.state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
     def on_train_start(self, trainer) -> None:
-        if self.iteration == 0:
+        # on resume the checkpoint already restored ``state``; copying now would record
+        # the resumed weights instead of the initial ones
+        if self.iteration == 0 and trainer.step == 0 and self.state is None:
             self._copy(trainer)
 
     def after_step(self, trainer) -> None:
         if trainer.step + 1 == self.iteration:  # trainer.step counts steps before this one
             self._copy(trainer)
+
+    # The recorded weights travel in the trainer's checkpoint: a run killed after the
+    # rewind iteration must resume with the same rewind point, not train its own.
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("iteration", self.iteration) != self.iteration:
+            raise ValueError(f"checkpoint recorded the rewind point at iteration {state['iteration']}, "
+                             f"but this run asks for {self.iteration}")
+        self.state = state.get("state")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..foundations.io import join_state, load_tensors, save_tensors, split_state
 from .callbacks import Callback
 from .distributed import batch_order, init_from_env, local_slice
 from .hparams import TrainHparams
+from .progress import clean_label, current_phase, epoch_line, is_terminal
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -162,8 +164,11 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         t0 = time.perf_counter()
-        bar = tqdm(total=hp.epochs * self.spe, initial=self.step, disable=not self.progress,
-                   desc="train", leave=False, dynamic_ncols=True)
+        label = clean_label(current_phase())
+        # a bar in a terminal; one line per epoch anywhere else (CI, log files)
+        lines = self.progress and not is_terminal()
+        bar = tqdm(total=hp.epochs * self.spe, initial=self.step, disable=not self.progress or lines,
+                   desc=label, leave=False, dynamic_ncols=True)
         stop = False
         while self.epoch < hp.epochs and not stop:
             batches = batch_order(len(self.train_set), hp.batch_size, hp.seed, self.epoch, self.world)
@@ -212,6 +217,8 @@ class Trainer:
                 cb.on_epoch_end(self, rec)
             self.result.history.append(rec)
             self._log(rec)
+            if lines:
+                print(epoch_line(label, rec, hp.epochs), file=sys.stderr, flush=True)
             self.epoch += 1
             self.batch_in_epoch = 0
             self.save_checkpoint()
