@@ -233,6 +233,10 @@ def test_tpp_prune_removes_exactly_the_smallest_l1_filters_and_is_exact():
     train(model, ctx.data, TrainHparams(epochs=3, batch_size=64, lr=1e-3, schedule="constant"),
           callbacks=[TPPCallback(reg)], progress=False, eval_test=False)
     assert reg.finished and reg.t == 8 + 12
+    x = ctx.data.test.x[:16]
+    model.eval()
+    with torch.no_grad():
+        before = model(x)  # before prune() zeroes anything: the stabilise phase must have done it
     slim = reg.prune()
     kept = {name: [i for i in range(n) if i not in expect[name]] for name, n in (("conv1", 20), ("conv2", 50),
                                                                                ("fc1", 500))}
@@ -241,10 +245,9 @@ def test_tpp_prune_removes_exactly_the_smallest_l1_filters_and_is_exact():
         w = getattr(model, name).weight[kept[name]]  # with 16x16 inputs conv2's output is 1x1: fc1 columns = channels
         w = w if prev is None else w[:, kept[prev]]
         torch.testing.assert_close(getattr(slim, name).weight, w)
-    # the pruned channels were zeroed before removal, so removing them changes nothing
-    x = ctx.data.test.x[:16]
-    model.eval(), slim.eval()
-    torch.testing.assert_close(slim(x), model(x), atol=1e-5, rtol=1e-5)
+    # the pruned channels were zeroed by the stabilise phase, so removing them changes nothing
+    slim.eval()
+    torch.testing.assert_close(slim(x), before, atol=1e-5, rtol=1e-5)
 
 
 def test_tpp_runner_method_on_bn_free_mlp_and_on_resnet():
@@ -266,8 +269,14 @@ def test_tpp_runner_method_on_bn_free_mlp_and_on_resnet():
     # ends are their own group (half pruned)
     bn = r.rows.norm_masks["layer2.0.bn2"]
     assert bn[8:24].sum() == 8 and bn[:8].sum() + bn[24:].sum() == 8 and r.penalty().item() == 0  # reg(0) = 0
-    r.t = 1
-    assert r.penalty().item() > 0
+    r.t = 1  # reg(1) = 0.5: the penalty is 1000 * 0.5 * the Gram term of every pruned member layer
+    mods = dict(net.named_modules())
+    want = 0.0
+    for name, mask in r.rows.out_masks.items():
+        w = mods[name].weight.detach().reshape(mask.numel(), -1)
+        touch = mask[:, None] | mask[None, :]
+        want += float(((w @ w.t()) * touch).pow(2).sum()) / mask.numel() ** 2
+    assert r.penalty().item() == pytest.approx(1000 * 0.5 * want, rel=1e-4) and want > 0
     r.t = r.hp.total_iters
     slim = r.prune()
     assert slim.layer3[2].conv2.weight.shape[:2] == (32, 32) and slim(torch.randn(2, 1, 16, 16)).shape == (2, 10)

@@ -163,8 +163,20 @@ class TPPRegularizer:
         if into > 0:
             self.rows.zero(min(into // self.hp.zero_every, len(self.rows.entries)))
 
-    def prune(self) -> nn.Module:
-        """Zero every pruned channel (in the regularised model) and return a slim copy without them."""
+    @property
+    def remaining(self) -> int:
+        """Iterations left before the schedule (rise + stabilise) is over."""
+        return max(0, self.hp.total_iters - self.t)
+
+    def prune(self, force: bool = False) -> nn.Module:
+        """Zero every pruned channel (in the regularised model) and return a slim copy without them.
+
+        Raises if the schedule has not finished (the pruned filters have not been driven to zero
+        yet, so removing them would cost accuracy); ``force=True`` removes them anyway."""
+        if not self.finished and not force:
+            raise RuntimeError(f"TPP schedule not finished: {self.remaining} of {self.hp.total_iters} iterations "
+                               f"remain (t = {self.t}, phase {self.phase!r}); keep calling step() until "
+                               f"`finished`, or call prune(force=True) to remove the channels now")
         self.rows.zero()
         return slim_by_plan(self.model, self.example_inputs, self.plan, self.groups)
 
