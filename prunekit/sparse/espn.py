@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -127,6 +128,33 @@ class ESPNSearch:
     def done(self) -> bool:
         return self.count() <= self.keep_count()
 
+    def progress(self) -> dict:
+        """Where the search stands: ``count`` entries still on (m > threshold) against the
+        ``target`` it must reach (``keep_count()``), out of ``total``."""
+        c, k = self.count(), self.keep_count()
+        return {"count": c, "target": k, "total": self.total, "to_go": max(0, c - k), "done": c <= k,
+                "fraction_on": c / self.total}
+
+    def steps_to_threshold(self, lr: float, momentum: float = 0.9) -> float:
+        """SGD steps the L1 term alone needs to move a mask from 1 to the threshold: its gradient
+        is alpha, so with momentum the steady drift per step is lr * alpha / (1 - momentum).
+        Masks the task loss wants to keep take longer; those it wants gone, less."""
+        if self.alpha <= 0 or lr <= 0:
+            return math.inf
+        return math.ceil((1.0 - self.threshold) * (1.0 - momentum) / (lr * self.alpha))
+
+    def check_alpha(self, lr: float, steps_per_epoch: int, max_epochs: int = 300, momentum: float = 0.9) -> float:
+        """Estimated epochs for the L1 drift alone to switch masks off; warns (RuntimeWarning)
+        when that exceeds ``max_epochs`` (alpha too small to reach the target in time)."""
+        steps = self.steps_to_threshold(lr, momentum)
+        epochs = steps / max(1, steps_per_epoch)
+        if epochs > max_epochs:
+            warnings.warn(f"ESPN alpha {self.alpha:.3g} looks too small for {self.sparsity:.4g} sparsity: at lr {lr} "
+                          f"the L1 term alone needs ~{steps:.0f} steps (~{epochs:.0f} epochs of {steps_per_epoch} "
+                          f"steps) to push a mask from 1 below {self.threshold:g}, more than the {max_epochs}-epoch "
+                          f"budget. Raise alpha (or lr, or the epoch cap).", RuntimeWarning, stacklevel=2)
+        return epochs
+
     @torch.no_grad()
     def binarize(self) -> dict[str, torch.Tensor]:
         """Global top-k of |m| (k = keep_count()); weights already pruned stay pruned."""
@@ -210,12 +238,15 @@ def run_search(s: ESPNSearch, data, lr: float = 0.05, max_epochs: int = 300, bat
                 raise FloatingPointError(f"ESPN search diverged (non-finite loss) in epoch {trainer.epoch}; "
                                          f"lower the search lr ({lr}) or alpha ({s.alpha:.3g})")
             metrics["mask_on"] = s.count()
+            metrics["mask_target"] = s.keep_count()
             self.reached = self.reached or metrics["mask_on"] <= s.keep_count()
 
         def should_stop(self, trainer):
             return self.reached
 
     cb = _Penalty()
+    n_train = len(data.train) if hasattr(data, "train") else len(data)
+    s.check_alpha(lr, math.ceil(n_train / batch_size), max_epochs, momentum=0.9)
     hp = TrainHparams(epochs=max_epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=0.0,
                       schedule="constant", seed=seed)
     # The search selects a mask, not a model: no validation/test evaluation is needed per epoch.
