@@ -1,48 +1,117 @@
-"""The ``prunekit`` command: run, list, report."""
+"""The ``prunekit`` command: run, list, report.
+
+Every user error (bad config, missing data, a run directory that would be clobbered, a
+corrupted file) ends as one ``error: ...`` line on stderr with exit code 2 and no
+traceback; a method failing at run time ends with one line and exit code 1, unless
+``--debug`` asks for the traceback.
+"""
 from __future__ import annotations
 
-import sys
+import os
 from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, help="prunekit: prune PyTorch networks and measure the result honestly.")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  help="prunekit: prune PyTorch networks and measure the result honestly.")
+
+
+def _fail(message: str, code: int = 2):
+    for line in str(message).strip().splitlines() or ["unknown error"]:
+        typer.echo(f"error: {line.strip()}", err=True)
+    raise typer.Exit(code)
+
+
+def default_threads() -> tuple[int, str]:
+    """Cores not already busy: on a shared machine, more OpenMP threads than free cores
+    makes every thread wait (2 threads beside another job ran several times slower than 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    n = max(1, min(cores, round(cores - load)))
+    return n, f"{cores} cores, load {load:.1f}"
 
 
 @app.command()
 def run(config: Optional[str] = typer.Argument(None, help="Experiment YAML; omit for the built-in demo."),
         resume: bool = typer.Option(False, help="Continue a killed run: dense training from its checkpoint, "
-                                                 "skipping results already written."),
-        progress: bool = typer.Option(True, help="Show progress bars."),
-        out_dir: Optional[str] = typer.Option(None, help="Override the config's out_dir.")):
+                                                 "finished results kept. Refused if the config changed."),
+        force: bool = typer.Option(False, help="Start over: delete this run's earlier outputs first."),
+        progress: bool = typer.Option(True, help="Show progress (a bar in a terminal, one line per epoch "
+                                                   "otherwise)."),
+        out_dir: Optional[str] = typer.Option(None, help="Override the config's out_dir."),
+        threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: the cores "
+                                                                 "not already busy)."),
+        debug: bool = typer.Option(False, help="Show the full traceback when a method fails.")):
     """Train (or load) the dense model, prune with each method at each target, fine-tune, report."""
+    import torch
+
+    from .data.standard import DatasetNotFoundError
+    from .foundations.io import CheckpointError
     from .runner import load_config, run_experiment
     from .runner.config import ConfigError
+    from .runner.run import MethodError
 
+    if resume and force:
+        _fail("--resume and --force exclude each other: continue the run, or start it over")
     try:
         cfg = load_config(config)
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    if out_dir:
-        cfg.out_dir = out_dir
-    run_experiment(cfg, progress=progress and sys.stderr.isatty(), resume=resume, log=typer.echo)
+        if out_dir:
+            cfg.out_dir = out_dir
+        if threads is None:
+            threads, why = default_threads()
+            typer.echo(f"using {threads} CPU thread(s) ({why}); set --threads to change", err=True)
+        torch.set_num_threads(threads)
+        run_experiment(cfg, progress=progress, resume=resume, force=force, log=typer.echo)
+    except (ConfigError, DatasetNotFoundError, CheckpointError) as e:
+        if debug:
+            raise
+        _fail(str(e))
+    except MethodError as e:
+        if debug:
+            raise
+        _fail(f"{e} (run with --debug for the traceback)", code=1)
 
 
 @app.command("list")
 def list_():
-    """Show models, datasets and methods (with each method's options)."""
-    from .data import names as dnames
+    """Show models, datasets and methods, each with its options and their help."""
+    from .data import DATASETS
     from .foundations.hparams import describe
     from .methods import METHODS
-    from .models import names as mnames
+    from .models import MODELS
+    from .runner.config import OPTION_HELP, dataset_option_table, model_option_table
 
-    typer.echo("models:   " + ", ".join(mnames()))
-    typer.echo("datasets: " + ", ".join(dnames()))
-    typer.echo("methods:")
+    def options(table, owner=""):
+        for name, (_, p) in sorted(table.items()):
+            default = "" if p.default is p.empty else f" [default {p.default!r}]"
+            help_ = OPTION_HELP.get(f"{owner}.{name}", OPTION_HELP.get(name, ""))
+            typer.echo(f"      {name}{default}: {help_}".rstrip(": "))
+
+    typer.echo("models (model_options):")
+    for n in MODELS.names():
+        fn = MODELS.get(n)
+        typer.echo(f"  {n}: {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        options(model_option_table(n) or {}, n)
+    shared = set(dataset_option_table("synthetic")) & set(dataset_option_table("digits"))
+    typer.echo("datasets (dataset_options):")
+    typer.echo("  options every dataset takes:")
+    options({k: v for k, v in dataset_option_table("digits").items() if k in shared})
+    for n in DATASETS.names():
+        fn = DATASETS.get(n)
+        typer.echo(f"  {n}: {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+        options({k: v for k, v in dataset_option_table(n).items() if k not in shared})
+    typer.echo("methods (options):")
+    aliases: dict = {}
     for n in METHODS.names():
-        cls = METHODS.get(n)
-        typer.echo(f"  {n} ({cls.kind}; target = {cls.target_name})")
+        aliases.setdefault(METHODS.get(n), []).append(n)
+    for cls, names in aliases.items():
+        main = cls.name if cls.name in names else names[0]
+        also = [a for a in names if a != main]
+        alias = f"; also called {', '.join(also)}" if also else ""
+        typer.echo(f"  {main} ({cls.kind}; target = {cls.target_name}{alias})")
         for fname, tname, default, help_ in describe(cls.Hparams):
             typer.echo(f"      {fname} [{tname}, default {default!r}]: {help_}")
 
@@ -55,8 +124,7 @@ def report(run_dir: str = typer.Argument(..., help="A run directory holding summ
     try:
         render(run_dir)
     except FileNotFoundError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        _fail(str(e))
     typer.echo(f"wrote {run_dir}/report.md and {run_dir}/accuracy_vs_sparsity.png")
 
 

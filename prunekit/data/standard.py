@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import tarfile
 import tempfile
@@ -55,16 +56,24 @@ def md5(path: Path) -> str:
 
 
 def fetch(url: str, dest: Path, checksum: str) -> None:
-    """Download to a temp file, verify MD5, then move into place (never leaves a partial file)."""
+    """Download to a temp file, verify MD5, then move into place (never leaves a partial file).
+
+    A failed download deletes its temp file; one left by a killed process is removed the
+    next time anything is fetched into the same folder."""
+    from ..foundations.io import clean_orphans
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            shutil.copyfileobj(r, tmp)
-    got = md5(Path(tmp.name))
-    if got != checksum:
-        Path(tmp.name).unlink()
-        raise IOError(f"checksum mismatch for {url}: expected md5 {checksum}, got {got}")
-    Path(tmp.name).replace(dest)
+    clean_orphans(dest.parent, older_than_s=3600.0)  # spare a download another process has running
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
+            shutil.copyfileobj(r, f)
+        got = md5(Path(tmp))
+        if got != checksum:
+            raise IOError(f"checksum mismatch for {url}: expected md5 {checksum}, got {got}")
+        Path(tmp).replace(dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _missing(name: str, folder: Path, files: list[str], why: str = "") -> DatasetNotFoundError:
@@ -111,11 +120,13 @@ def _mnist_like(name: str, root, download: bool):
 
 @DATASETS.register("mnist")
 def mnist(root="data", download=True):
+    """MNIST (IDX files under root/mnist): 60,000 train / 10,000 test."""
     return _mnist_like("mnist", root, download)
 
 
 @DATASETS.register("fashion-mnist")
 def fashion_mnist(root="data", download=True):
+    """Fashion-MNIST (IDX files under root/fashion-mnist): 60,000 train / 10,000 test."""
     return _mnist_like("fashion-mnist", root, download)
 
 
@@ -154,11 +165,13 @@ def _cifar(name: str, root, download: bool):
 
 @DATASETS.register("cifar10")
 def cifar10(root="data", download=True):
+    """CIFAR-10, binary version (root/cifar-10-batches-bin): 50,000 train / 10,000 test."""
     return _cifar("cifar10", root, download)
 
 
 @DATASETS.register("cifar100")
 def cifar100(root="data", download=True):
+    """CIFAR-100, binary version (root/cifar-100-binary): 50,000 train / 10,000 test."""
     return _cifar("cifar100", root, download)
 
 

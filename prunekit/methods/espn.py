@@ -29,6 +29,7 @@ from ..foundations.hparams import hp
 from ..sparse.espn import default_alpha, rising_targets, search_path
 from ..sparse.masks import apply_masks, get_masks, prunable_modules, raw_weight
 from ..training import train
+from ..training.progress import subphase
 from .base import PruningMethod
 from .registry import METHODS, register
 
@@ -36,13 +37,13 @@ from .registry import METHODS, register
 @dataclass
 class ESPNHparams:
     alpha: float = hp(0.0, "L1 weight on the masks; 0 = default_alpha(target, alpha_family) * alpha_scale.")
-    alpha_family: str = hp("mnist", "Which official alpha range to interpolate: mnist or cifar.")
+    alpha_family: str = hp("mnist", "Which official alpha range to interpolate: mnist or cifar.", choices=("mnist", "cifar"))
     alpha_scale: float = hp(30.0, "Multiplier on the scheduled alpha. 1 = the official values, which assume tens of epochs over 50-60k samples. With 30 (alpha ~4.1e-3 at 98%) LeNet-5-Caffe on mnist5k (57 steps/epoch) reaches 98% in ~9 epochs; 20 needed 13, past the 10-epoch cap. See benchmarks/README_espn.md.")
     threshold: float = hp(1e-2, "A mask entry counts as kept while m > threshold.")
     search_lr: float = hp(0.05, "SGD learning rate of the search (momentum 0.9, no weight decay).")
     search_batch_size: int = hp(0, "Search batch size; 0 = the fine-tune batch size.")
     max_search_epochs: int = hp(15, "Epoch cap of each search round (paper: 300). If the cap ends the search, binarisation still keeps exactly the target count (top-k of |m|), but of masks that may not have separated yet (a warning says so).")
-    check_every: str = hp("step", "When to test the stop rule: epoch (authors' MNIST/CIFAR scripts) or step (their ImageNet scripts; avoids overshooting on small data).")
+    check_every: str = hp("step", "When to test the stop rule: epoch (authors' MNIST/CIFAR scripts) or step (their ImageNet scripts; avoids overshooting on small data).", choices=("epoch", "step"))
     rounds: int = hp(1, "Search rounds with rising targets (kept fraction d^(r/R)) and alpha, in one continuing search; 1 = the authors' single search.")
     include_classifier: bool = hp(True, "Also mask the classifier (paper: yes).")
     finetune_lr: float = hp(1e-3, "Fine-tune learning rate (paper 1e-3); 0 = the runner's fine-tune settings unchanged.")
@@ -78,12 +79,14 @@ class _ESPNBase(PruningMethod):
         """Search on a copy of ``start``; returns it with folded weights and binary masks."""
         net = self.copy(start)
         info = []
-        for t, res, _ in search_path(net, ctx.data, rising_targets(target, self.hp.rounds), alpha_for=self.alpha,
+        with subphase("search"):
+            path = list(search_path(net, ctx.data, rising_targets(target, self.hp.rounds), alpha_for=self.alpha,
                                      lr=self.hp.search_lr, max_epochs=self.hp.max_search_epochs,
                                      batch_size=self.hp.search_batch_size or ctx.finetune.batch_size, seed=ctx.seed,
                                      threshold=self.hp.threshold, include_classifier=self.hp.include_classifier,
                                      alpha_family=self.hp.alpha_family, check_every=self.hp.check_every,
-                                     progress=ctx.progress, snapshots=False):
+                                     progress=ctx.progress, snapshots=False))
+        for t, res, _ in path:
             info.append({"target": t, "alpha": self.alpha(t), "epochs": res.epochs, "reached": res.reached})
             if not res.reached:
                 # Before the crossing every untouched m has shrunk by the same L1 drift, so the

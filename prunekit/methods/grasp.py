@@ -32,7 +32,7 @@ class GraSPHparams:
     temperature: float = hp(200.0, "Softmax temperature T: logits are divided by T before the loss.")
     reinit_classifier: bool = hp(True, "Re-initialise the classifier (xavier) on the scoring copy, as GraSP's code does.")
     from_init: bool = hp(True, "Score a fresh init (paper) instead of the pretrained model.")
-    train_budget: str = hp("pretrain", "pretrain: train from scratch with the dense budget (paper); finetune: the fine-tune budget.")
+    train_budget: str = hp("pretrain", "pretrain: train from scratch with the dense budget (paper); finetune: the fine-tune budget.", choices=("pretrain", "finetune"))
     include_classifier: bool = hp(True, "Also prune the classifier.")
 
 

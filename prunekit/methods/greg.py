@@ -51,7 +51,7 @@ class GrowingL2(Callback):
 
 @dataclass
 class GRegHparams(SelectHparams):
-    preset: str = hp("demo", f"Schedule preset (TPP's): {', '.join(PRESETS)}.")
+    preset: str = hp("demo", f"Schedule preset (TPP's): {', '.join(PRESETS)}.", choices=tuple(PRESETS))
     stabilise: int | None = hp(None, "Iterations holding reg at the ceiling before removal (None: preset's).")
     pick_ceiling: float = hp(0.1, "GReg-2 only: reg ceiling of the uniform picking phase.")
     pick_iters: int | None = hp(None, "GReg-2 only: iterations of the picking phase (None: the preset's rise).")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..foundations.hparams import hp
 from ..structured import slim
+from ..structured.importance import CRITERIA
 from .base import PruningMethod
 from .registry import register
 
@@ -18,8 +19,8 @@ from .registry import register
 @dataclass
 class L1FilterHparams:
     criterion: str = hp("l1-filter", "Importance: l1-filter (Li et al.), l1 or l2 (all group members), bn_scale, "
-                                     "random.")
-    mode: str = hp("uniform", "uniform: the ratio in every group; global: ranked across groups.")
+                                     "random.", choices=lambda: CRITERIA.names())  # user-registered criteria count too
+    mode: str = hp("uniform", "uniform: the ratio in every group; global: ranked across groups.", choices=("uniform", "global"))
     skip: list = hp([], "Name patterns of layers whose channels are kept (e.g. ['conv1']).")
     layer_ratios: dict = hp({}, "Per-layer ratios by name pattern, e.g. {'layer1*': 0.3}.")
     round_to: int = hp(1, "Keep channel counts at multiples of this (e.g. 8 for fast kernels).")

@@ -11,7 +11,7 @@ from .registry import register
 
 @dataclass
 class MagnitudeHparams:
-    scope: str = hp("global", "global: one threshold over all layers; layer: same sparsity in every layer.")
+    scope: str = hp("global", "global: one threshold over all layers; layer: same sparsity in every layer.", choices=("global", "layer"))
     include_classifier: bool = hp(True, "Also prune the last (classifier) layer.")
 
 

@@ -13,7 +13,7 @@ from .registry import register
 
 @dataclass
 class RandomHparams:
-    scope: str = hp("layer", "layer: each layer at the target sparsity; global: uniform over all weights.")
+    scope: str = hp("layer", "layer: each layer at the target sparsity; global: uniform over all weights.", choices=("layer", "global"))
     include_classifier: bool = hp(True, "Also prune the last (classifier) layer.")
 
 

@@ -24,7 +24,7 @@ from .tpp_schedule import SelectHparams, groups_of, l1_plan, slim_by_plan
 @dataclass
 class ScratchHparams(SelectHparams):
     budget: str = hp("pretrain", "pretrain: train with the dense model's hyperparameters; finetune: with the "
-                                 "fine-tuning ones.")
+                                 "fine-tuning ones.", choices=("pretrain", "finetune"))
 
     def __post_init__(self):
         if self.budget not in ("pretrain", "finetune"):

@@ -70,7 +70,7 @@ class SlimmingHparams(SelectHparams):
     s: float = hp(1e-4, "L1 strength on BN gamma (Liu et al. 1e-4).")
     epochs: int = hp(2, "Epochs of the sparsity phase on the pretrained model (0 skips it).")
     lr: float = hp(1e-2, "SGD learning rate of the sparsity phase (constant).")
-    scope: str = hp("global", "global (the paper: one |gamma| threshold) or layer (ratio in every group).")
+    scope: str = hp("global", "global (the paper: one |gamma| threshold) or layer (ratio in every group).", choices=("global", "layer"))
 
     def __post_init__(self):
         if self.scope not in ("global", "layer"):

@@ -47,7 +47,7 @@ class AtInitMethod(PruningMethod):
 class SNIPHparams:
     batch_size: int = hp(128, "Samples in the one scoring batch (paper: 100-128).")
     from_init: bool = hp(True, "Score a fresh init (paper) instead of the pretrained model.")
-    train_budget: str = hp("pretrain", "pretrain: train from scratch with the dense budget (paper); finetune: the fine-tune budget.")
+    train_budget: str = hp("pretrain", "pretrain: train from scratch with the dense budget (paper); finetune: the fine-tune budget.", choices=("pretrain", "finetune"))
     include_classifier: bool = hp(True, "Also prune the classifier.")
 
 

@@ -18,7 +18,7 @@ from .snip import AtInitMethod
 class SynFlowHparams:
     rounds: int = hp(100, "Prune-rescore rounds (paper: 100).")
     from_init: bool = hp(True, "Score a fresh init (paper) instead of the pretrained model.")
-    train_budget: str = hp("pretrain", "pretrain: train from scratch with the dense budget (paper); finetune: the fine-tune budget.")
+    train_budget: str = hp("pretrain", "pretrain: train from scratch with the dense budget (paper); finetune: the fine-tune budget.", choices=("pretrain", "finetune"))
     include_classifier: bool = hp(True, "Also prune the classifier.")
 
 

@@ -50,6 +50,7 @@ import torch.nn as nn
 
 from ..foundations.hparams import hp
 from ..training import Callback, TrainHparams, train
+from ..training.progress import subphase
 from .base import PruningMethod
 from .registry import register
 from .tpp_schedule import PlanRows, RegSchedule, SelectHparams, groups_of, l1_plan, slim_by_plan
@@ -82,7 +83,7 @@ def gram_penalty(weight: torch.Tensor, pruned_mask: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class TPPHparams(SelectHparams):
-    preset: str = hp("demo", f"Schedule preset filling fields left at None: {', '.join(PRESETS)}.")
+    preset: str = hp("demo", f"Schedule preset filling fields left at None: {', '.join(PRESETS)}.", choices=tuple(PRESETS))
     delta: float | None = hp(None, "reg grows by delta every `every` iterations (paper 1e-4).")
     every: int | None = hp(None, "Iterations between reg increments (paper 10 on CIFAR).")
     ceiling: float | None = hp(None, "Largest reg value (paper 1.0).")
@@ -242,8 +243,10 @@ class TPP(PruningMethod):
         measure the regularised model right before physical removal."""
         reg = self.regularizer(model, target, ctx)
         h = self.hp
-        train(model, ctx.data, phase_hparams(h.total_iters, ctx, h.lr, h.momentum, h.weight_decay, h.batch_size),
-              callbacks=[TPPCallback(reg)], progress=ctx.progress, eval_test=False)
+        with subphase("regularise"):
+            train(model, ctx.data, phase_hparams(h.total_iters, ctx, h.lr, h.momentum, h.weight_decay,
+                                                 h.batch_size),
+                  callbacks=[TPPCallback(reg)], progress=ctx.progress, eval_test=False)
         if not reg.finished:
             raise RuntimeError(f"TPP regularisation stopped at iteration {reg.t} of {h.total_iters}")
         return reg

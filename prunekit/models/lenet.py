@@ -7,6 +7,8 @@ from .registry import MODELS
 
 
 class LeNet5Caffe(nn.Module):
+    """LeNet-5-Caffe: conv 20, conv 50 (5x5, max-pool), fc 500, fc 10 (ESPN's MNIST net)."""
+
     def __init__(self, in_channels=1, input_size=28, num_classes=10):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 20, 5)

@@ -49,4 +49,5 @@ class MobileNetV2(nn.Module):
 
 @MODELS.register("mobilenetv2")
 def mobilenetv2(in_channels=3, input_size=32, num_classes=10, width=1.0):
+    """MobileNetV2 (inverted residuals, depthwise convs), CIFAR-sized stem."""
     return MobileNetV2(in_channels, num_classes, width)

@@ -79,9 +79,11 @@ class ResNet(nn.Module):
 
 @MODELS.register("resnet18")
 def resnet18(in_channels=3, input_size=224, num_classes=1000, width=1.0):
+    """ImageNet ResNet-18 (basic blocks)."""
     return ResNet(Basic, [2, 2, 2, 2], in_channels, num_classes, width)
 
 
 @MODELS.register("resnet50")
 def resnet50(in_channels=3, input_size=224, num_classes=1000, width=1.0):
+    """ImageNet ResNet-50 (bottleneck blocks)."""
     return ResNet(Bottleneck, [3, 4, 6, 3], in_channels, num_classes, width)

@@ -37,6 +37,7 @@ class VGG(nn.Module):
 
 def _make(depth):
     def builder(in_channels=3, input_size=32, num_classes=10, width=1.0):
+        """VGG with batch norm, CIFAR-sized classifier."""
         return VGG(depth, in_channels, num_classes, width)
 
     return builder

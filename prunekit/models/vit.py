@@ -72,4 +72,5 @@ class ViT(nn.Module):
 
 @MODELS.register("vit")
 def vit(in_channels=3, input_size=32, num_classes=10, patch=4, dim=192, depth=6, heads=3, mlp_ratio=4.0):
+    """A small Vision Transformer (patch embedding, pre-norm blocks, class token)."""
     return ViT(in_channels, input_size, num_classes, patch, dim, depth, heads, mlp_ratio)

@@ -29,7 +29,7 @@ from ..sparse.masks import remove_masks
 from ..training import TrainHparams, evaluate, train
 from ..training.callbacks import RecordAt
 from ..training.progress import phase
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .report import render
 from .rundir import check_run_dir, init_run_dir, normalised, row_hash
 
@@ -74,9 +74,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    data = datasets.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options)
-    run_dir = init_run_dir(cfg, resume, force)
-    norm = normalised(cfg)
+    try:
+        data = datasets.load(cfg.dataset, seed=cfg.seed, **cfg.dataset_options)
+    except (ValueError, TypeError) as e:  # option values the signature check cannot judge
+        raise ConfigError(f"dataset {cfg.dataset!r} cannot be loaded with these dataset_options: {e}") from e
 
     opts = dict(cfg.model_options)
     if len(data.input_shape) == 2 and "in_features" in inspect.signature(models.MODELS.get(cfg.model)).parameters:
@@ -85,7 +86,13 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
     def build():
         return models.build(cfg.model, data.in_channels, data.input_size, data.num_classes, **opts)
 
-    model = build()
+    try:
+        model = build()
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError(f"model {cfg.model!r} cannot be built for {cfg.dataset} "
+                          f"(input {tuple(data.input_shape)}): {e}") from e
+    run_dir = init_run_dir(cfg, resume, force)  # nothing is written before the checks above pass
+    norm = normalised(cfg)
     pre = from_dict(TrainHparams, {"seed": cfg.seed, **cfg.pretrain}, where="pretrain")
     fin = from_dict(TrainHparams, {"seed": cfg.seed, **cfg.finetune}, where="finetune")
     rec = RecordAt(cfg.rewind_iterations)
@@ -117,7 +124,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
     dense_times = [compare_latency({"dense": model}, example, num_threads=threads_now)["dense"]]
     dense["latency_ms"] = dense_times[0]
     log(f"dense test accuracy {dense['test_accuracy']:.4f}")
-    summary = {"name": cfg.name, "dataset": cfg.dataset, "model": cfg.model, "dense": dense, "results": [],
+    summary = {"name": cfg.name, "dataset": cfg.dataset, "model": cfg.model, "num_classes": data.num_classes,
+               "dense": dense, "results": [],
                "latency": {"batch_size": cfg.latency_batch, "threads": threads_now,
                            "how": "median of 5 interleaved rounds (dense and pruned alternate), "
                                   "masks removed before timing"},

@@ -61,8 +61,13 @@ def _diff(old, new, prefix: str) -> list[str]:
     return [] if old == new else [prefix]
 
 
+# outputs that hold work (training or results); a directory with only a config in it
+# (a run that failed its checks) holds nothing to lose
+WORK = ("summary.json", "dense.safetensors", "dense.ckpt.safetensors", "rewind.safetensors")
+
+
 def existing_artifacts(run_dir: Path) -> list[str]:
-    return [a for a in ARTIFACTS if (run_dir / a).exists()]
+    return [a for a in WORK if (run_dir / a).exists()]
 
 
 def check_writable(out_dir: Path) -> None:
