@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	.venv/bin/prunekit run
+	.venv/bin/prunekit run --force
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -56,6 +56,20 @@ def measure(model, data, example) -> dict:
             "flops": flops(model, example)["effective"]}
 
 
+def weights_digest(model) -> str:
+    """One hash of every tensor in the state dict: two results with the same digest have
+    bit-identical weights (the resume tests compare it; a changed result cannot hide
+    behind an accuracy that happens to agree)."""
+    import hashlib
+
+    from ..foundations.io import tensor_digest
+
+    h = hashlib.blake2b(digest_size=16)
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode() + tensor_digest(v).encode())
+    return h.hexdigest()
+
+
 def deployable(model):
     """The model as it would ship: masks baked into plain weights (a parametrized forward
     recomputes weight * mask on every call and would be timed slower than it deploys)."""
@@ -121,6 +135,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
     example = data.example_inputs(cfg.latency_batch)
     threads_now = torch.get_num_threads()
     dense = measure(model, data, example)
+    dense["weights_blake2b"] = weights_digest(model)
     dense_times = [compare_latency({"dense": model}, example, num_threads=threads_now)["dense"]]
     dense["latency_ms"] = dense_times[0]
     log(f"dense test accuracy {dense['test_accuracy']:.4f}")
@@ -180,6 +195,7 @@ def _one_result(method, name, target, model, data, ctx_args, example, threads, d
     dense_times.append(t["dense"])
     return {"method": name, "kind": method.kind, "target": target, **m,
             "latency_ms": t["pruned"], "dense_latency_ms": t["dense"], "speedup": t["dense"] / t["pruned"],
-            "accuracy_after_prune": after_prune, "final_test_accuracy": result.final_test_acc,
+            "weights_blake2b": weights_digest(pruned),
+            "accuracy_after_prune": after_prune,
             "best_test_accuracy": result.best_test_acc, "test_at_best_val": result.test_at_best_val,
             "seconds": round(time.perf_counter() - t0, 1)}
