@@ -71,7 +71,8 @@ class TrainSpy:
 
     def __call__(self, model, data, hp, *args, callbacks=(), **kw):
         extra = list(self.add(len(self.calls))) if self.add else []
-        self.calls.append({"hp": copy.deepcopy(hp), "callbacks": list(callbacks), "model": model, "extra": extra})
+        self.calls.append({"hp": copy.deepcopy(hp), "callbacks": list(callbacks), "model": model, "extra": extra,
+                           "kw": dict(kw)})
         res = real_train(model, data, hp, *args, callbacks=list(callbacks) + extra, **kw)
         if self.after:
             self.after(model)

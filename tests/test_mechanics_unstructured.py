@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import prunekit.methods.espn as espn_mod
-import prunekit.methods.gmp as gmp_mod
 import prunekit.methods.imp as imp_mod
 import prunekit.methods.snip as snip_mod
 import prunekit.training as training_pkg
