@@ -1,0 +1,91 @@
+"""Every benchmark mode of issue 13 (fast and --full) runs end to end on a tiny slice, so the
+scripts cannot rot. The --full modes need CIFAR-10 / MNIST files, which are replaced here
+by the offline ``synthetic`` dataset of the same shape."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import espn_resnet  # noqa: E402
+import tpp_controls  # noqa: E402
+from prunekit import data as datasets  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def synthetic(shape, val_fraction=0.1, seed=0):
+    return datasets.load("synthetic", shape=shape, n_train=256, n_test=64, val_fraction=val_fraction, seed=seed)
+
+
+def rows_of(folder):
+    out = []
+    for p in Path(folder).glob("*.json"):
+        out += json.loads(p.read_text()).get("rows", [])
+    return out
+
+
+def test_espn_resnet_fast_tiny_all_methods(tmp_path):
+    espn_resnet.main(["--tiny", "--seeds", "0", "--sparsities", "0.995", "--out", str(tmp_path),
+                      "--methods", *espn_resnet.ALL_METHODS])
+    rows = rows_of(tmp_path / "espn_resnet")
+    methods = {r["method"] for r in rows}
+    assert methods == {"dense", *espn_resnet.ALL_METHODS, *espn_resnet.CONTROLS}
+    for r in rows:
+        assert r["budget_steps"] > 0 and "final_acc" in r and "val_selected_acc" in r and "best_acc" in r
+        if r["method"] != "dense":
+            assert abs(r["sparsity_measured"] - 0.995) < 2e-3
+            assert "layer_kept" in r and "empty_layers" in r
+    # budget-matched: every main method within 5% of ESPN-Finetune's total (tiny IMP rounds up to 1 step/level)
+    ref = next(r for r in rows if r["method"] == "espn-finetune")["budget_steps"]
+    for r in rows:
+        if r["method"] in ("snip", "grasp", "synflow", "magnitude", "random", "espn-finetune-rule", "espn-rewind"):
+            assert abs(r["budget_steps"] - ref) <= 0.05 * ref, r["method"]
+    merged = json.loads((tmp_path / "espn_resnet_tiny.json").read_text())
+    assert merged["tables"]["espn-finetune"]["0.995"]["n"] == 1
+
+
+def test_espn_resnet_full_tiny(tmp_path, monkeypatch):
+    monkeypatch.setattr(espn_resnet, "load_data", lambda cfg, seed: synthetic((3, 32, 32), seed=seed))
+    espn_resnet.main(["--full", "--tiny", "--seeds", "0", "--sparsities", "0.9", "--out", str(tmp_path),
+                      "--methods", "espn-finetune", "imp", "snip", "--controls"])
+    rows = rows_of(tmp_path / "espn_resnet")
+    assert {r["method"] for r in rows} == {"dense", "espn-finetune", "imp", "snip"}
+    assert all(r["setup"] == "resnet32w2-cifar10-tiny" for r in rows)
+
+
+def test_tpp_controls_fast_tiny(tmp_path):
+    tpp_controls.main(["--tiny", "--seeds", "0", "--ratios", "0.9", "--out", str(tmp_path)])
+    d = json.loads((tmp_path / "tpp_controls_mlp7_mnist5k_tiny.json").read_text())
+    sel = d["selection"][0]
+    assert sel["seed"] == 100 and sel["chosen"] in sel["mean_best_val"]
+    runs = [r for r in d["rows"] if r["method"] != "dense"]
+    assert {r["method"] for r in runs} == set(tpp_controls.METHODS)
+    assert {r["table"] for r in runs} == {"paper-recipe", "budget-matched"}
+    tpp = next(r for r in runs if r["method"] == "TPP" and r["table"] == "paper-recipe")
+    l1 = next(r for r in runs if r["method"] == "L1" and r["table"] == "budget-matched")
+    assert l1["budget_steps"] == tpp["budget_steps"]  # budget-matched: L1 fine-tunes TPP's regularisation too
+    for r in runs:
+        assert {"mean", "std", "min", "max", "cond"} <= set(r["jsv_after_prune"])
+    orth = next(r for r in runs if r["method"] == "FreshOrth")
+    assert abs(orth["jsv_after_prune"]["mean"] - 1) < 1e-3
+
+
+def test_tpp_controls_sweep_and_full_tiny(tmp_path, monkeypatch):
+    tpp_controls.main(["--sweep", "--tiny", "--out", str(tmp_path)])
+    d = json.loads((tmp_path / "tpp_controls_mlp7_mnist1d_sweep_tiny.json").read_text())
+    assert {r["method"] for r in d["rows"]} == {"dense", "L1", "L1+OrthP", "TPP"}
+    monkeypatch.setattr(tpp_controls, "load", lambda cfg, seed, n=None: synthetic((1, 32, 32), seed=seed))
+    tpp_controls.main(["--full", "--tiny", "--seeds", "0", "--ratios", "0.8", "--methods", "L1", "TPP",
+                       "--out", str(tmp_path / "full")])
+    d = json.loads((tmp_path / "full" / "tpp_controls_mlp7_mnist_tiny.json").read_text())
+    assert {r["method"] for r in d["rows"]} == {"dense", "L1", "TPP"}
