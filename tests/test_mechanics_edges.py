@@ -333,3 +333,24 @@ def test_jsv_chunking_gives_the_same_values_and_two_values_have_a_std():
         jacobian_singular_values(net, [1.0])
     with pytest.raises(ValueError, match=r"got Tensor \(0, 4\)"):
         jacobian_singular_values(net, torch.zeros(0, 4))
+
+
+def test_espn_stop_rule_per_step_or_per_epoch():
+    """check_every='step' stops right after the step that reaches the keep count; 'epoch'
+    finishes the epoch first (the authors' MNIST/CIFAR scripts)."""
+    from prunekit.sparse.espn import run_search
+
+    data = tiny_data(n_train=32, classes=4, shape=(1, 4, 4))  # 2 steps per epoch at batch 16
+    for mode, last_step in (("step", 1), ("epoch", 2)):
+        s = ESPNSearch(three(), sparsity=0.5, alpha=1e-6, threshold=2.0)  # done after any step
+        epochs, reached, hist = run_search(s, data, lr=0.01, max_epochs=3, batch_size=16, check_every=mode)
+        assert reached and epochs == 1 and hist[-1]["step"] == last_step, mode
+        assert hist[-1]["mask_on"] == 0 and hist[-1]["mask_target"] == s.keep_count()
+    s = ESPNSearch(three(), sparsity=0.5, alpha=1e-6)
+    epochs, reached, hist = run_search(s, data, lr=0.01, max_epochs=2, batch_size=16, check_every="step")
+    assert not reached and epochs == 2 and hist[-1]["step"] == 4
+    with pytest.raises(ValueError, match="keep_ratio must be in"):
+        ESPNSearch(three(), keep_ratio=1.5)
+    assert ESPNSearch(three(), keep_ratio=1.0, alpha=0.1).keep_count() == s.total
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        ESPNSearch(three(), sparsity=1.0)

@@ -170,13 +170,14 @@ def sparsity_report(model: nn.Module, include_classifier: bool = True) -> dict:
         for mod in model.modules():
             for pname, p in mod.named_parameters(recurse=False):
                 if pname == "original":
-                    continue  # counted through the parametrized weight below
+                    continue  # counted through the parametrized tensor below
                 all_p += p.numel()
                 all_z += int((p == 0).sum())
-            if parametrize.is_parametrized(mod, "weight"):
-                w = mod.weight
-                all_p += w.numel()
-                all_z += int((w == 0).sum())
+            if parametrize.is_parametrized(mod):  # every parametrized tensor, through its value
+                for tname in mod.parametrizations.keys():
+                    w = getattr(mod, tname)
+                    all_p += w.numel()
+                    all_z += int((w == 0).sum())
     return {"prunable_params": pw, "prunable_zeros": pz, "sparsity_prunable": pz / max(pw, 1),
             "total_params": all_p, "total_zeros": all_z, "sparsity_overall": all_z / max(all_p, 1),
             "compression": all_p / max(all_p - all_z, 1)}
