@@ -124,6 +124,7 @@ def atomic_write_json(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -132,4 +133,5 @@ def save_png(fig, png: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=png.parent, prefix=f".{png.stem}.", suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=110)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, png)

@@ -200,6 +200,20 @@ def tpp_resnet_block() -> str:
         rs = [r for r in rows if (r["ratio"], r["method"], r["lr"]) == (ratio, m, lr)]
         out.append(f"| {ratio} | {m} | {lr:g} | {len(rs)} | {f2(ms([100 * r['val_selected_acc'] for r in rs]))} | "
                    f"{f2(ms([100 * r['final_acc'] for r in rs]))} | {f2(ms([100 * r['best_acc'] for r in rs]))} | {b[m]} |")
+    bm = load("tpp_resnet_budget.json")
+    bm_rows = bm["rows"] if bm else []
+    if bm_rows:
+        out += ["", f"Budget-matched control (`tpp_resnet_budget.py`): L1 and L1+OrthP fine-tune "
+                    f"{bm_rows[0]['finetune_epochs']} epochs instead of 12, so their total steps match TPP's "
+                    f"(dense + 800 regularisation + 348 fine-tune):", "",
+                "| ratio | method | LR | n | test @ val-chosen epoch % | final epoch % | best epoch on test % (as the paper reports) | budget steps |",
+                "|---|---|---|---|---|---|---|---|"]
+        for m in ("L1", "L1+OrthP"):
+            rs = [r for r in bm_rows if r["method"] == m]
+            if rs:
+                out.append(f"| {rs[0]['ratio']} | {m} (budget-matched) | {rs[0]['lr']:g} | {len(rs)} | "
+                           f"{f2(ms([100 * r['val_selected_acc'] for r in rs]))} | {f2(ms([100 * r['final_acc'] for r in rs]))} | "
+                           f"{f2(ms([100 * r['best_acc'] for r in rs]))} | {rs[0]['budget_steps']} |")
     out.append("")
     for ratio in (0.9, 0.95):
         t = [100 * r["val_selected_acc"] for r in rows if (r["ratio"], r["method"], r["lr"]) == (ratio, "TPP", 1e-3)]
@@ -210,6 +224,14 @@ def tpp_resnet_block() -> str:
             out.append(f"* ratio {ratio}, LR 1e-3 (test @ val-chosen epoch): TPP {statistics.mean(t):.2f} vs L1 "
                        f"{statistics.mean(l1):.2f} ({gap:+.2f}; target >= +2, n = {min(len(t), len(l1))}): **{verdict}**; "
                        f"TPP costs {b['TPP'] - b['L1']} more steps than L1 ({b['TPP']} vs {b['L1']}).")
+        lb = [100 * r["val_selected_acc"] for r in bm_rows if r["method"] == "L1" and r["ratio"] == ratio
+              and r["lr"] == 1e-3]
+        if t and lb:
+            gap = statistics.mean(t) - statistics.mean(lb)
+            verdict = "reproduced" if gap >= 2 else "not reproduced at this scale"
+            out.append(f"* ratio {ratio}, LR 1e-3, budget-matched: TPP {statistics.mean(t):.2f} vs L1 with TPP's "
+                       f"budget {statistics.mean(lb):.2f} ({gap:+.2f}; target >= +2, n = {min(len(t), len(lb))}): "
+                       f"**{verdict}**.")
     return "\n".join(out)
 
 

@@ -382,12 +382,15 @@ def main(argv=None):
     ap.add_argument("--merge", action="store_true")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--tiny", action="store_true", help="a tiny slice of the chosen mode (unit tests)")
+    ap.add_argument("--model", choices=["resnet20", "resnet32"], help="fast mode only: the ResNet depth (default 20)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = copy.deepcopy(FULL if a.full else FAST)
     for k in ("seeds", "sparsities", "methods", "controls"):
         if getattr(a, k) is not None:
             cfg[k] = getattr(a, k)
+    if a.model and not a.full:
+        cfg["model"], cfg["name"] = a.model, f"{a.model}-mnist1d"
     if a.tiny:  # the same code path on a tiny slice: 1-epoch phases, small batches, narrow model
         cfg["dense"] = {**cfg["dense"], "epochs": 1, "milestones": [], "batch_size": 32}
         cfg["x_epochs"] = 1
@@ -397,7 +400,8 @@ def main(argv=None):
         cfg["model_options"] = {**cfg["model_options"], "width": cfg["model_options"].get("width", 1) / 4}
     results = Path(a.out) if a.out else RESULTS
     out_dir = results / "espn_resnet"
-    out_json = results / f"espn_resnet{'_full' if a.full else ''}{'_tiny' if a.tiny else ''}.json"
+    suffix = f"{'_full' if a.full else ''}{'_' + a.model if a.model and a.model != 'resnet20' else ''}"
+    out_json = results / f"espn_resnet{suffix}{'_tiny' if a.tiny else ''}.json"
     log = lambda m: print(m, flush=True)  # noqa: E731
     t_all = time.perf_counter()
     if not a.merge:
@@ -431,7 +435,7 @@ def main(argv=None):
     summ = tables(rows)
     print(markdown(summ))
     if rows and not a.tiny:
-        plot(summ, results / f"espn_resnet{'_full' if a.full else ''}.png",
+        plot(summ, results / f"espn_resnet{suffix}.png",
              f"{cfg['name']}, budget-matched (every method {cfg['dense']['epochs']}+{cfg['x_epochs']} epochs of steps)")
 
 

@@ -89,3 +89,13 @@ def test_tpp_controls_sweep_and_full_tiny(tmp_path, monkeypatch):
                        "--out", str(tmp_path / "full")])
     d = json.loads((tmp_path / "full" / "tpp_controls_mlp7_mnist_tiny.json").read_text())
     assert {r["method"] for r in d["rows"]} == {"dense", "L1", "TPP"}
+
+
+def test_tpp_resnet_budget_tiny(tmp_path):
+    import tpp_resnet_budget
+
+    out = tmp_path / "b.json"
+    tpp_resnet_budget.main(["--tiny", "--seeds", "0", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert {r["method"] for r in d["rows"]} == {"L1", "L1+OrthP"}
+    assert all(r["budget_steps"] > 0 and r["table"] == "budget-matched" for r in d["rows"])
