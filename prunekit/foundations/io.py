@@ -133,11 +133,13 @@ def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.blake2b(raw.numpy(), digest_size=16).hexdigest()
 
 
-def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+def save_tensors(path, tensors: dict[str, torch.Tensor], meta: dict | None = None,
+                 raw_metadata: dict[str, str] | None = None) -> None:
     """Atomically write tensors (and a JSON metadata dict) to one safetensors file,
-    with a checksum of every tensor in the metadata."""
+    with a checksum of every tensor in the metadata. ``raw_metadata`` adds plain string
+    entries other readers look for (HuggingFace wants ``{"format": "pt"}``)."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"prunekit": json.dumps(meta or {}, default=_json_default),
+    metadata = {**(raw_metadata or {}), "prunekit": json.dumps(meta or {}, default=_json_default),
                 CHECKSUM_KEY: json.dumps({k: tensor_digest(v) for k, v in clean.items()})}
     atomic_write_bytes(path, st_save(clean, metadata=metadata))
 

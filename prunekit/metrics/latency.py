@@ -1,4 +1,9 @@
-"""CPU latency with ``torch.utils.benchmark`` (eval, inference mode, fixed threads, median)."""
+"""CPU latency with ``torch.utils.benchmark`` (eval, inference mode, fixed threads, median).
+
+Two backends: ``torch`` (eager PyTorch) and ``onnxruntime`` (the model exported with
+``prunekit.deploy.to_onnx``, BN folded, verified against PyTorch, then run in an ONNX
+Runtime session with the same thread count). Both are timed by the same Timer.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,8 +12,11 @@ from torch.utils import benchmark
 
 
 def latency_ms(model: nn.Module, inputs: torch.Tensor, num_threads: int = 1, min_run_time: float = 0.3,
-               warmup: int = 3) -> float:
+               warmup: int = 3, backend: str = "torch") -> float:
     """Median milliseconds per forward pass."""
+    if backend != "torch":
+        return compare_latency({"m": model}, inputs, num_threads, rounds=3, min_run_time=min_run_time / 3,
+                               warmup=warmup, backend=backend)["m"]
     was = model.training
     model.eval()
     with torch.inference_mode():
@@ -20,8 +28,42 @@ def latency_ms(model: nn.Module, inputs: torch.Tensor, num_threads: int = 1, min
     return m.median * 1e3
 
 
+class OrtRunner:
+    """A callable running an exported model in ONNX Runtime, so both backends share one timer."""
+
+    def __init__(self, model: nn.Module, inputs, threads: int = 1, workdir=None):
+        import tempfile
+        from pathlib import Path
+
+        from ..deploy.onnx import onnx_feed, onnx_session, to_onnx
+
+        self._tmp = tempfile.TemporaryDirectory(dir=workdir)
+        path = Path(self._tmp.name) / "model.onnx"
+        to_onnx(model, inputs, path)
+        self.session = onnx_session(path, threads)
+        self.feed = onnx_feed(self.session, inputs)
+        self.training = False
+
+    def __call__(self, *_args, **_kw):
+        return self.session.run(None, self.feed)
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+
+def _runner(model, inputs, backend: str, threads: int):
+    if backend == "torch":
+        return model
+    if backend == "onnxruntime":
+        return OrtRunner(model, inputs, threads)
+    raise ValueError(f"unknown latency backend {backend!r}; valid: torch, onnxruntime")
+
+
 def compare_latency(models: dict[str, nn.Module], inputs, num_threads: int = 1, rounds: int = 5,
-                    min_run_time: float = 0.05, warmup: int = 3) -> dict[str, float]:
+                    min_run_time: float = 0.05, warmup: int = 3, backend: str = "torch") -> dict[str, float]:
     """Median ms per forward for several models, measured in interleaved rounds.
 
     On a shared machine the load changes from second to second; timing model A for a
@@ -30,6 +72,7 @@ def compare_latency(models: dict[str, nn.Module], inputs, num_threads: int = 1, 
     over rounds discards the rounds a burst of load spoiled."""
     from ..foundations.inputs import call_model
 
+    models = {k: _runner(m, inputs, backend, num_threads) for k, m in models.items()}
     states = {k: m.training for k, m in models.items()}
     timers = {}
     for k, m in models.items():

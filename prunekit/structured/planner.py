@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -91,9 +92,44 @@ def choose(g: ChannelGroup, scores: torch.Tensor, kp: int) -> torch.Tensor:
     return torch.tensor(sorted(chans), dtype=torch.long)
 
 
+def role(g: ChannelGroup) -> tuple:
+    """What a group is, irrespective of which layer: its producer's name with layer
+    indices wildcarded (``encoder.layer.#.intermediate.dense``) and its shape in units."""
+    return re.sub(r"\.\d+(?=\.|$)", ".#", g.name), g.size, g.unit, g.parts
+
+
+def make_uniform(groups: list[ChannelGroup], scores: dict[int, torch.Tensor], out: dict[int, torch.Tensor],
+                 round_to: int = 1) -> dict[int, torch.Tensor]:
+    """Give every group of one role (the same layer type in every block) the same kept
+    width: the median over the role, each group still dropping its own lowest-scoring
+    units. A model whose blocks all have the same widths can be described by a standard
+    config (HuggingFace's from_pretrained rebuilds it without prunekit)."""
+    by_role: dict[tuple, list[ChannelGroup]] = {}
+    for g in groups:
+        if g.prunable and g.id in scores:
+            by_role.setdefault(role(g), []).append(g)
+    out = dict(out)
+    for members in by_role.values():
+        if len(members) < 2:
+            continue
+        removed = sorted(len(out.get(g.id, ())) // members[0].unit for g in members)
+        n_remove = removed[len(removed) // 2]
+        for g in members:
+            kp = kept_units_per_part(g, n_remove, round_to)
+            out.pop(g.id, None)
+            if kp * g.parts < g.size // g.unit:
+                out[g.id] = choose(g, scores[g.id], kp)
+    return out
+
+
 def plan_removal(groups: list[ChannelGroup], scores: dict[int, torch.Tensor], ratio: float, mode: str = "uniform",
-                 overrides: dict | None = None, skip=(), round_to: int = 1) -> dict[int, torch.Tensor]:
-    """``{group id: LongTensor of channels to remove}`` (see the module doc)."""
+                 overrides: dict | None = None, skip=(), round_to: int = 1,
+                 uniform_layers: bool = False) -> dict[int, torch.Tensor]:
+    """``{group id: LongTensor of channels to remove}`` (see the module doc); with
+    ``uniform_layers`` every layer type keeps one width across blocks (``make_uniform``)."""
+    if uniform_layers:
+        plan = plan_removal(groups, scores, ratio, mode, overrides, skip, round_to)
+        return make_uniform(groups, scores, plan, round_to)
     ratio = check_ratio(ratio)
     if mode not in ("uniform", "global"):
         raise ValueError(f"mode must be 'uniform' or 'global', got {mode!r}")

@@ -12,7 +12,7 @@ from .slim import slim_with_plan
 def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", ignore=(), round_to: int = 1,
          inplace: bool = False, *, mode: str = "uniform", overrides: dict | None = None, skip=(),
          flops_reduction: float | None = None, data=None, loss_fn=None, seed: int = 0,
-         groups: list[ChannelGroup] | None = None) -> nn.Module:
+         groups: list[ChannelGroup] | None = None, uniform_layers: bool = False) -> nn.Module:
     """Structured pruning in one call; returns a physically smaller model.
 
     ratio: fraction of channels removed per group (``mode="uniform"``) or over all groups
@@ -28,6 +28,9 @@ def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", 
     flops_reduction: instead of a ratio, remove at least this fraction of the dense FLOPs
       (e.g. 0.5 for a 2x reduction); the ratio is found by bisection with
       ``prunekit.metrics.flops`` on ``example_inputs``.
+    uniform_layers: every layer type keeps the same width in every block (the median of what
+      the plan gives them), so a standard config describes the slim model (HuggingFace's
+      ``from_pretrained`` can rebuild it; see ``save_pruned``).
     The kept-index plan is stored on the result (``save_pruned`` uses it).
     """
     check_criterion(criterion)
@@ -42,7 +45,8 @@ def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", 
     scores = group_scores(model, groups, criterion, data=data, loss_fn=loss_fn, seed=seed)
 
     def at(r, inplace_=False, validate=True):
-        pruned = plan_removal(groups, scores, r, mode=mode, overrides=overrides, skip=skip, round_to=round_to)
+        pruned = plan_removal(groups, scores, r, mode=mode, overrides=overrides, skip=skip, round_to=round_to,
+                              uniform_layers=uniform_layers)
         return slim_with_plan(model, example_inputs, pruned, groups=groups, inplace=inplace_, validate=validate)
 
     if flops_reduction is not None:

@@ -25,18 +25,33 @@ PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_pruned(model: nn.Module, path) -> Path:
-    """Write ``path/plan.json`` and ``path/model.safetensors`` atomically; returns ``path``."""
+def save_pruned(model: nn.Module, path, example_inputs=None) -> Path:
+    """Write ``path/plan.json`` and ``path/model.safetensors`` atomically; returns ``path``.
+
+    A HuggingFace model also gets its base config in the plan (so ``load_pruned(path)``
+    needs no model object) and, when its blocks kept uniform widths, a standard
+    ``config.json`` that plain ``from_pretrained(path)`` rebuilds it from (verified on
+    ``example_inputs``, or on inputs synthesised from the config)."""
+    from ..deploy.hf import hf_record, is_hf, standard_config
+
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"save_pruned writes a directory; {path} is a file")
     path.mkdir(parents=True, exist_ok=True)
-    plan = get_plan(model)
+    plan = dict(get_plan(model))
+    raw = None
+    if is_hf(model):
+        std = standard_config(model, plan, model.config, example_inputs)
+        plan["hf"] = {**hf_record(model), "standard_config": std is not None}
+        raw = {"format": "pt"}  # what from_pretrained looks for in a safetensors header
+        (path / "config.json").unlink(missing_ok=True)  # a stale one must not describe this model
+        if std is not None:
+            std.save_pretrained(path)
     # clone: tied weights share storage, which safetensors refuses to write
     tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
     plan_text = json.dumps(plan, indent=2) + "\n"
     save_tensors(path / WEIGHTS_FILE, tensors, {"kind": "pruned-model", "model": type(model).__name__,
-                                                "plan_blake2b": _digest(plan_text)})
+                                                "plan_blake2b": _digest(plan_text)}, raw_metadata=raw)
     atomic_write_text(path / PLAN_FILE, plan_text)
     return path
 
@@ -91,8 +106,11 @@ def validate_plan(plan, where: str = PLAN_FILE) -> None:
         seen.add((s["tensor"], s["dim"]))
 
 
-def load_pruned(path, base_model: nn.Module) -> nn.Module:
-    """Replay the saved plan on ``base_model`` (fresh, unpruned; changed in place) and load weights."""
+def load_pruned(path, base_model: nn.Module | None = None) -> nn.Module:
+    """Replay the saved plan on ``base_model`` (fresh, unpruned; changed in place) and load weights.
+
+    ``base_model`` may be omitted for HuggingFace models: the base architecture is rebuilt
+    from the config stored in the plan."""
     path = Path(path)
     plan_path = path / PLAN_FILE
     if not plan_path.exists():
@@ -108,13 +126,20 @@ def load_pruned(path, base_model: nn.Module) -> nn.Module:
     if meta.get("plan_blake2b") not in (None, _digest(text)):
         raise CheckpointError(f"{plan_path} was changed after saving (its checksum does not match the one in "
                               f"{WEIGHTS_FILE}); re-save the model, or restore the original plan")
+    if base_model is None:
+        if "hf" not in plan:
+            raise ValueError(f"{path} holds a pruned {plan.get('model')}: pass a freshly built base_model "
+                             f"(only HuggingFace models rebuild from the directory alone)")
+        from ..deploy.hf import build_base
+
+        base_model = build_base(plan["hf"])
     if getattr(base_model, "_prunekit_plan", None):
         raise ValueError("load_pruned needs a freshly built, unpruned base model")
     if plan.get("model") not in (None, type(base_model).__name__):
         raise CheckpointError(f"{path} holds a pruned {plan.get('model')}, but base_model is a "
                               f"{type(base_model).__name__}")
     try:
-        apply_plan(base_model, plan)
+        apply_plan(base_model, {k: v for k, v in plan.items() if k != "hf"})
     except ValueError as e:
         raise CheckpointError(f"{path}: the plan does not fit base_model ({e})") from e
     try:
