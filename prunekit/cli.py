@@ -75,6 +75,40 @@ def run(config: Optional[str] = typer.Argument(None, help="Experiment YAML; omit
         _fail(f"{e} (run with --debug for the traceback)", code=1)
 
 
+@app.command()
+def prune(out: str = typer.Option(..., help="Output directory: plan.json + model.safetensors (+ config.json for "
+                                              "HF models with uniform widths), report.md, report.json."),
+          model: Optional[str] = typer.Option(None, help="Your model as an import path module:factory "
+                                                           "(the factory takes no arguments)."),
+          hf: Optional[str] = typer.Option(None, help="A HuggingFace model directory (or its config.json)."),
+          checkpoint: Optional[str] = typer.Option(None, help="Weights: safetensors, or a torch.save file "
+                                                               "(loaded with weights_only=True)."),
+          input_shape: Optional[str] = typer.Option(None, help="Example input shape, e.g. 1,3,224,224."),
+          inputs: Optional[str] = typer.Option(None, help="Example inputs as a safetensors file (one tensor, or "
+                                                           "keyword tensors by name)."),
+          criterion: str = typer.Option("l1", help="Importance criterion (l1, l2, l1-filter, bn_scale, random, ...)."),
+          ratio: Optional[float] = typer.Option(None, help="Fraction of channels removed in every group."),
+          flops_reduction: Optional[float] = typer.Option(None, help="Remove at least this fraction of the FLOPs."),
+          speedup: Optional[float] = typer.Option(None, help="Target measured speed-up (latency-aware planning)."),
+          ignore: list[str] = typer.Option([], help="Module names/patterns whose channels are kept (repeatable)."),
+          uniform_layers: bool = typer.Option(False, help="Same widths in every block (HF: standard config.json)."),
+          onnx: bool = typer.Option(False, help="Also export model.onnx, verified in ONNX Runtime."),
+          force: bool = typer.Option(False, help="Replace an existing --out directory."),
+          threads: int = typer.Option(1, min=1, help="CPU threads for pruning and timing."),
+          debug: bool = typer.Option(False, help="Show tracebacks.")):
+    """Slim your own model (or a HuggingFace one) and write it with a before/after report."""
+    from .deploy.pipeline import PruneError, prune_to_dir
+    from .foundations.io import CheckpointError
+
+    try:
+        prune_to_dir(out, model, hf, checkpoint, input_shape, inputs, criterion, ratio, flops_reduction, speedup,
+                     ignore, uniform_layers, onnx, force, threads, log=typer.echo)
+    except (PruneError, CheckpointError) as e:
+        if debug:
+            raise
+        _fail(str(e))
+
+
 @app.command("list")
 def list_():
     """Show models, datasets and methods, each with its options and their help."""

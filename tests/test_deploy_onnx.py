@@ -107,3 +107,18 @@ def test_onnxruntime_latency_backend_times_the_same_models():
     assert set(t) == {"dense", "slim"} and all(v > 0 for v in t.values())
     with pytest.raises(ValueError, match="unknown latency backend 'tvm'"):
         compare_latency({"dense": net}, x, backend="tvm")
+
+
+def test_fastest_deployable_removes_masks_and_keeps_outputs():
+    from prunekit.deploy.sparse import fastest_deployable
+    from prunekit.sparse.masks import get_masks
+
+    torch.manual_seed(0)
+    net = models.build("lenet-300-100", 1, 28, 10).eval()
+    apply_masks(net, magnitude_masks(net, 0.99))
+    x = torch.randn(16, 1, 28, 28)
+    shipped, how = fastest_deployable(net, x)
+    assert how in ("dense kernels", "CSR Linear")
+    assert not get_masks(shipped) and get_masks(net)  # the user's model keeps its masks
+    with torch.no_grad():
+        assert torch.allclose(shipped(x), net(x), atol=1e-5)

@@ -12,6 +12,7 @@ does not reproduce the model is deleted, never left behind.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import tempfile
 import warnings
@@ -126,7 +127,11 @@ def to_onnx(model: nn.Module, example_inputs, path, fold: bool = True, rtol: flo
         dyn = tuple({0: batch} for _ in args) if args else {k: {0: batch} for k in kwargs}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
     try:
+        # the exporter logs a line per missing torchvision op; prunekit never needs them
+        quiet.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prog = torch.onnx.export(m, args, kwargs=kwargs or None, dynamic_shapes=dyn, dynamo=True,
@@ -135,6 +140,7 @@ def to_onnx(model: nn.Module, example_inputs, path, fold: bool = True, rtol: flo
         err = compare_onnx(m, tmp, example_inputs, rtol)
         os.replace(tmp, path)
     finally:
+        quiet.setLevel(level)
         Path(tmp).unlink(missing_ok=True)
     from ..structured.deploy import count_batchnorms
 

@@ -35,7 +35,8 @@ def markdown_table(summary: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['kind']} | {r['target']} | {_f(r['test_accuracy'])} | {_f(r.get('test_at_best_val'))} "
             f"| {_f(r.get('best_test_accuracy'))} | {_f(r.get('accuracy_after_prune'))} | {r['params']:,} "
-            f"| {r['nonzero_params']:,} | {r['flops']:,} | {_f(r.get('latency_ms'), '.3f')} "
+            f"| {r['nonzero_params']:,} | {r['flops']:,} | {_f(r.get('latency_ms'), '.3f')}"
+            f"{' (CSR)' if r.get('deployed_as') == 'CSR Linear' else ''} "
             f"| {_f(r.get('speedup'), '.2f')} |")
     return "\n".join(lines) + "\n"
 

@@ -34,7 +34,7 @@ from .report import render
 from .rundir import check_run_dir, init_run_dir, normalised, row_hash
 
 # fields of a result row that measure time, not the model: they differ between any two runs
-TIMING_FIELDS = ("seconds", "latency_ms", "dense_latency_ms", "speedup")
+TIMING_FIELDS = ("seconds", "latency_ms", "dense_latency_ms", "speedup", "deployed_as")  # deployed_as: the faster kernel
 
 
 class MethodError(RuntimeError):
@@ -70,10 +70,15 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def deployable(model):
+def deployable(model, example=None, threads: int = 1):
     """The model as it would ship: masks baked into plain weights (a parametrized forward
-    recomputes weight * mask on every call and would be timed slower than it deploys)."""
-    return remove_masks(copy.deepcopy(model))
+    recomputes weight * mask on every call and would be timed slower than it deploys), and
+    CSR kernels for sparse Linear layers where they measure faster. Returns (model, how)."""
+    if example is None:
+        return remove_masks(copy.deepcopy(model)), "dense kernels"
+    from ..deploy.sparse import fastest_deployable
+
+    return fastest_deployable(model, example, threads)
 
 
 def _median(xs):
@@ -143,7 +148,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True, resume: bool = 
                "dense": dense, "results": [],
                "latency": {"batch_size": cfg.latency_batch, "threads": threads_now,
                            "how": "median of 5 interleaved rounds (dense and pruned alternate), "
-                                  "masks removed before timing"},
+                                  "masks removed and CSR Linear kernels used where they measure faster"},
                "config": to_dict(cfg)}
     sp = run_dir / "summary.json"
     done = set()
@@ -189,12 +194,14 @@ def _one_result(method, name, target, model, data, ctx_args, example, threads, d
             result = method.finetune(pruned, ctx)
         stage = "measure"
         m = measure(pruned, data, example)
-        t = compare_latency({"dense": model, "pruned": deployable(pruned)}, example, num_threads=threads)
+        shipped, how = deployable(pruned, example, threads)
+        t = compare_latency({"dense": model, "pruned": shipped}, example, num_threads=threads)
     except Exception as e:  # noqa: BLE001 - re-raised with the context a user needs
         raise MethodError(f"{label} failed during {stage}: {type(e).__name__}: {e}") from e
     dense_times.append(t["dense"])
     return {"method": name, "kind": method.kind, "target": target, **m,
             "latency_ms": t["pruned"], "dense_latency_ms": t["dense"], "speedup": t["dense"] / t["pruned"],
+            "deployed_as": how,
             "weights_blake2b": weights_digest(pruned),
             "accuracy_after_prune": after_prune,
             "best_test_accuracy": result.best_test_acc, "test_at_best_val": result.test_at_best_val,
