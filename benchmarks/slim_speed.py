@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from prunekit import models  # noqa: E402
 from prunekit.foundations.io import atomic_write_json  # noqa: E402
 from prunekit.metrics import flops  # noqa: E402
+from prunekit.metrics.latency import OrtRunner  # noqa: E402
 from prunekit.structured.deploy import fold_bn, simd_lanes, simd_round_to, to_channels_last  # noqa: E402
 
 EXPECTED_TORCH = "2.13.0"
@@ -199,6 +200,7 @@ def main(argv=None):
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                     help="cpu: process CPU time (default; robust on a shared machine, one thread); "
                          "wall: wall-clock (use on an idle machine)")
+    ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime column")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/slim_speed.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -208,6 +210,15 @@ def main(argv=None):
     target = {1: 0.2 if args.full else 0.05, 64: 0.5 if args.full else 0.05}
     graph_repeats = 5 if args.full else 3
     tp = ensure_torch_pruning()
+    ort_ok = not args.no_ort
+    if ort_ok:
+        try:
+            import onnxruntime  # noqa: F401
+
+            from prunekit.metrics.latency import OrtRunner  # noqa: F401
+        except ImportError:
+            print("onnxruntime not installed: no ONNX Runtime column (pip install 'prunekit[deploy]')")
+            ort_ok = False
     all_specs = specs(args.full)
     chosen = args.models or list(all_specs)
     unknown = set(chosen) - set(all_specs)
@@ -275,6 +286,17 @@ def main(argv=None):
                 variants[(tname, "dense", None)] = treat(dense, x, fold, cl)
                 for (who, ratio), s in slims.items():
                     variants[(tname, who, ratio)] = treat(s, x, fold, cl)
+            if ort_ok:
+                # ONNX Runtime (BN folded by to_onnx, one intra-op thread), in the same round robin
+                for key, m in [(("onnxruntime", "dense", None), dense)] + [
+                        (("onnxruntime", who, ratio), s) for (who, ratio), s in slims.items()]:
+                    try:
+                        variants[key] = OrtRunner(m, x, threads=1)
+                    except Exception as e:  # noqa: BLE001 - an export failure is a result
+                        failures.append({"model": name, "who": key[1], "ratio": key[2], "stage": "onnx",
+                                         "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                if ("onnxruntime", "dense", None) not in variants:
+                    variants = {k: v for k, v in variants.items() if k[0] != "onnxruntime"}
             per_round = round_robin(variants, x, rounds[batch], target[batch], args.clock)
             for (tname, who, ratio) in variants:
                 if who == "dense":
@@ -363,8 +385,8 @@ def print_tables(result):
     idx = {(r["model"], r["ratio"], r["batch"], r["treatment"], r["who"]): r for r in rows}
     print("\nEfficiency = latency speed-up / FLOPs reduction (same treatment for dense and slim)")
     print("| model | ratio | batch | FLOPs red. ours / TP | speed-up ours / TP (deployed) | efficiency ours / TP (deployed) "
-          "| efficiency ours / TP (eager) |")
-    print("|---|---|---|---|---|---|---|")
+          "| efficiency ours / TP (eager) | speed-up ours / TP (ONNX Runtime) | efficiency ours / TP (ONNX Runtime) |")
+    print("|---|---|---|---|---|---|---|---|---|")
 
     def f(r, key, fmt="{:.2f}"):
         return "fail" if r is None else fmt.format(r[key])
@@ -373,9 +395,11 @@ def print_tables(result):
     for m, ratio, b in seen:
         od, td = idx.get((m, ratio, b, "deployed", "ours")), idx.get((m, ratio, b, "deployed", "tp"))
         oe, te = idx.get((m, ratio, b, "eager", "ours")), idx.get((m, ratio, b, "eager", "tp"))
+        oo, to = idx.get((m, ratio, b, "onnxruntime", "ours")), idx.get((m, ratio, b, "onnxruntime", "tp"))
         print(f"| {m} | {ratio} | {b} | {f(od, 'flops_reduction')}x / {f(td, 'flops_reduction')}x "
               f"| {f(od, 'speedup')}x / {f(td, 'speedup')}x | {f(od, 'efficiency')} / {f(td, 'efficiency')} "
-              f"| {f(oe, 'efficiency')} / {f(te, 'efficiency')} |")
+              f"| {f(oe, 'efficiency')} / {f(te, 'efficiency')} | {f(oo, 'speedup')}x / {f(to, 'speedup')}x "
+              f"| {f(oo, 'efficiency')} / {f(to, 'efficiency')} |")
     print("\nGraph analysis (median seconds)")
     print("| model | ours (channel_groups) | Torch-Pruning (DependencyGraph) |")
     print("|---|---|---|")
