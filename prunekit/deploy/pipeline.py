@@ -151,11 +151,11 @@ def prune_to_dir(out: str, model_spec: str | None = None, hf: str | None = None,
     targets = [t for t in (ratio, flops_reduction, speedup) if t is not None]
     if len(targets) != 1:
         raise PruneError("give exactly one of --ratio, --flops-reduction or --speedup")
-    if speedup is not None:
-        raise PruneError("--speedup needs the latency-aware planner, which is not part of prunekit yet; "
-                         "use --ratio or --flops-reduction")
     t = targets[0]
-    if not 0.0 < t < 1.0:
+    if speedup is not None:
+        if not speedup > 1.0:
+            raise PruneError(f"--speedup must be greater than 1, got {speedup}")
+    elif not 0.0 < t < 1.0:
         raise PruneError(f"{'--ratio' if ratio is not None else '--flops-reduction'} must be in (0, 1), got {t}")
     if criterion not in CRITERIA:
         raise PruneError(f"--criterion {criterion!r} is unknown; valid: {', '.join(CRITERIA.names())}")
@@ -174,18 +174,25 @@ def prune_to_dir(out: str, model_spec: str | None = None, hf: str | None = None,
     t0 = time.perf_counter()
     try:
         s = slim(model, x, ratio=ratio, criterion=criterion, ignore=tuple(ignore), flops_reduction=flops_reduction,
-                 uniform_layers=uniform_layers)
+                 uniform_layers=uniform_layers, speedup=speedup, threads=threads,
+                 backend="onnxruntime" if (onnx and speedup is not None) else "torch")
     except ValueError as e:
         raise PruneError(f"cannot prune to this target: {e}") from e
     plan_s = time.perf_counter() - t0
     s.eval()
     err = check_exact(model, s, inputs=x)
     f0, f1 = flops(model, x)["dense"], flops(s, x)["dense"]
+    from ..structured.latency_aware import latency_report
+
     report = {"source": model_spec or hf, "criterion": criterion, "target": {"ratio": ratio,
-              "flops_reduction": flops_reduction}, "planning_seconds": round(plan_s, 2),
+              "flops_reduction": flops_reduction, "speedup": speedup}, "planning_seconds": round(plan_s, 2),
               "params": {"dense": count_params(model), "slim": count_params(s)},
               "flops": {"dense": f0, "slim": f1, "reduction": f0 / max(f1, 1)},
               "exactness_max_abs_error": err, "latency_ms": {}, "threads": threads, "inputs": _describe(x)}
+    if latency_report(s) is not None:
+        lr = latency_report(s)
+        report["latency_aware"] = {k: lr[k] for k in ("requested", "achieved", "backend", "iterations",
+                                                      "allocation", "table_cached")}
     backends = ["torch"]
     try:
         import onnxruntime  # noqa: F401
@@ -242,6 +249,12 @@ def report_markdown(r: dict) -> str:
             lines.append(f"| latency ({b}) | - | - | {v['error']} |")
         else:
             lines.append(f"| latency ms ({b}) | {v['dense']:.3f} | {v['slim']:.3f} | {v['speedup']:.2f}x |")
+    if "latency_aware" in r:
+        la = r["latency_aware"]
+        lines += ["", f"Latency-aware ({la['backend']}): requested {la['requested']:.2f}x, achieved "
+                      f"{la['achieved']:.2f}x in the planner's verification; widths per group:", "",
+                  "| group | kept | of |", "|---|---|---|"]
+        lines += [f"| {n} | {a['kept']} | {a['of']} |" for n, a in la["allocation"].items()]
     lines += ["", f"Exactness (slim vs dense with removed channels zeroed): max abs error "
                   f"{r['exactness_max_abs_error']:.2e}. Latency: medians of interleaved rounds."]
     return "\n".join(lines) + "\n"

@@ -6,6 +6,8 @@ Runtime session with the same thread count). Both are timed by the same Timer.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn as nn
 from torch.utils import benchmark
@@ -63,7 +65,8 @@ def _runner(model, inputs, backend: str, threads: int):
 
 
 def compare_latency(models: dict[str, nn.Module], inputs, num_threads: int = 1, rounds: int = 5,
-                    min_run_time: float = 0.05, warmup: int = 3, backend: str = "torch") -> dict[str, float]:
+                    min_run_time: float = 0.05, warmup: int = 3, backend: str = "torch",
+                    clock: str | None = None) -> dict[str, float]:
     """Median ms per forward for several models, measured in interleaved rounds.
 
     On a shared machine the load changes from second to second; timing model A for a
@@ -72,13 +75,17 @@ def compare_latency(models: dict[str, nn.Module], inputs, num_threads: int = 1, 
     over rounds discards the rounds a burst of load spoiled."""
     from ..foundations.inputs import call_model
 
+    clock = clock or ("cpu" if num_threads == 1 else "wall")
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {clock!r}")
+    timer_fn = time.process_time if clock == "cpu" else time.perf_counter
     models = {k: _runner(m, inputs, backend, num_threads) for k, m in models.items()}
     states = {k: m.training for k, m in models.items()}
     timers = {}
     for k, m in models.items():
         m.eval()
         timers[k] = benchmark.Timer("f(model, x)", globals={"f": call_model, "model": m, "x": inputs},
-                                    num_threads=num_threads)
+                                    num_threads=num_threads, timer=timer_fn)
     per: dict[str, list[float]] = {k: [] for k in models}
     try:
         with torch.inference_mode():

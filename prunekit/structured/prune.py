@@ -12,7 +12,8 @@ from .slim import slim_with_plan
 def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", ignore=(), round_to: int = 1,
          inplace: bool = False, *, mode: str = "uniform", overrides: dict | None = None, skip=(),
          flops_reduction: float | None = None, data=None, loss_fn=None, seed: int = 0,
-         groups: list[ChannelGroup] | None = None, uniform_layers: bool = False) -> nn.Module:
+         groups: list[ChannelGroup] | None = None, uniform_layers: bool = False, speedup: float | None = None,
+         backend: str = "torch", threads: int | None = None, cache_dir=None) -> nn.Module:
     """Structured pruning in one call; returns a physically smaller model.
 
     ratio: fraction of channels removed per group (``mode="uniform"``) or over all groups
@@ -31,9 +32,19 @@ def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", 
     uniform_layers: every layer type keeps the same width in every block (the median of what
       the plan gives them), so a standard config describes the slim model (HuggingFace's
       ``from_pretrained`` can rebuild it; see ``save_pruned``).
+    speedup: instead of a ratio, a *measured* speed-up on this machine (e.g. 2.0), for the
+      batch size of ``example_inputs``, on ``backend`` ("torch" or "onnxruntime") with
+      ``threads``; see ``latency_aware`` (latency tables cached under ``cache_dir``).
     The kept-index plan is stored on the result (``save_pruned`` uses it).
     """
     check_criterion(criterion)
+    if speedup is not None:
+        if ratio is not None or flops_reduction is not None:
+            raise ValueError("give one of ratio, flops_reduction or speedup")
+        from .latency_aware import latency_slim
+
+        return latency_slim(model, example_inputs, speedup, criterion=criterion, backend=backend, threads=threads,
+                            ignore=ignore, cache_dir=cache_dir, data=data)
     if flops_reduction is None:
         ratio = check_ratio(ratio)
     else:

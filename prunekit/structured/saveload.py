@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..foundations.io import CheckpointError, atomic_write_text, load_tensors, save_tensors
+from ..foundations.io import CheckpointError, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from .plan import apply_plan, get_plan
 
 PLAN_FILE = "plan.json"
@@ -53,6 +53,10 @@ def save_pruned(model: nn.Module, path, example_inputs=None) -> Path:
     save_tensors(path / WEIGHTS_FILE, tensors, {"kind": "pruned-model", "model": type(model).__name__,
                                                 "plan_blake2b": _digest(plan_text)}, raw_metadata=raw)
     atomic_write_text(path / PLAN_FILE, plan_text)
+    from .latency_aware import latency_report
+
+    if latency_report(model) is not None:  # latency-aware: the measured table and the allocation
+        atomic_write_json(path / "latency.json", latency_report(model))
     return path
 
 

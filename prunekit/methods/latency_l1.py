@@ -1,0 +1,47 @@
+"""Latency-aware L1 pruning: structured, to a measured speed-up (``structured.latency_aware``).
+
+The runner's target for this method is the fraction of latency removed on this machine,
+``1 - 1/speedup`` (0.5 = twice as fast), measured at ``batch_size`` with ``threads`` on
+``backend``. Channels are chosen by ``criterion`` inside the widths the latency table
+allocates; fine-tuning is the runner's default.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..foundations.hparams import hp
+from ..structured.importance import CRITERIA
+from ..structured.latency_aware import latency_slim
+from .base import PruningMethod
+from .registry import register
+
+
+@dataclass
+class LatencyL1Hparams:
+    criterion: str = hp("l1", "Importance inside the allocated widths (l1, l2, l1-filter, bn_scale, ...).",
+                        choices=lambda: CRITERIA.names())
+    backend: str = hp("torch", "Where latency is measured: torch (eager) or onnxruntime.",
+                      choices=("torch", "onnxruntime"))
+    batch_size: int = hp(1, "Batch size the speed-up is measured at.")
+    threads: int = hp(1, "CPU threads the speed-up is measured with.")
+
+
+@register
+class LatencyL1(PruningMethod):
+    name = "l1-latency"
+    kind = "structured"
+    target_name = "latency reduction"
+    Hparams = LatencyL1Hparams
+
+    def prune(self, model, target, ctx):
+        import torch
+
+        if not 0.0 < target < 1.0:
+            raise ValueError(f"l1-latency: target is the fraction of latency removed, in (0, 1); got {target}")
+        x = ctx.data.example_inputs(self.hp.batch_size)
+        before = torch.get_num_threads()
+        try:
+            return latency_slim(self.copy(model).eval(), x, 1.0 / (1.0 - target), criterion=self.hp.criterion,
+                                backend=self.hp.backend, threads=self.hp.threads)
+        finally:
+            torch.set_num_threads(before)

@@ -1,0 +1,127 @@
+"""Latency-aware pruning: tables, allocation, caching, verification loop and plumbing.
+
+No assertion here depends on how fast this machine is: the allocation is tested on
+tables with known answers, the measuring path on what it records, and the loop on a
+timer replaced by a fixed model of latency."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+import prunekit
+from prunekit import models
+from prunekit.structured import channel_groups
+from prunekit.structured import latency_aware as la
+from prunekit.structured.importance import group_scores
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def test_width_grid_has_fractions_and_simd_multiples():
+    x = torch.randn(1, 3, 8, 8)
+    g = next(g for g in channel_groups(_net(), x) if g.prunable and g.size == 32)
+    grid = la.width_grid(g)
+    assert grid[-1] == 32 and 16 in grid and 8 in grid and 24 in grid and min(grid) >= 1
+    assert all(k == 32 or k % 8 == 0 or k in (4, 12, 28) for k in grid)
+
+
+def test_useful_widths_drop_widths_that_are_not_faster():
+    row = {32: 1.0, 28: 1.02, 24: 0.9, 16: 0.91, 8: 0.6}
+    assert la.useful_widths(row) == [32, 24, 8]
+
+
+def test_allocation_meets_the_budget_and_prefers_cheap_importance_per_latency():
+    x = torch.randn(1, 3, 8, 8)
+    net = _net()
+    groups = channel_groups(net, x)
+    scores = group_scores(net, groups, "l1")
+    roles = la.roles_of(groups, scores)
+    (ra, a), (rb, b) = sorted(roles.items(), key=lambda kv: kv[1][0].size)
+    # role A (16 channels) saves much latency per width, role B (32) almost none
+    table = {ra: {16: 1.0, 8: 0.6, 4: 0.5}, rb: {32: 1.0, 16: 0.98, 8: 0.97}}
+    alloc = la.allocate(groups, scores, table, target_ratio=0.7)
+    assert alloc[ra] == 8 and alloc[rb] == 32
+    alloc = la.allocate(groups, scores, table, target_ratio=0.5)
+    assert alloc[ra] == 4
+    # an unreachable budget narrows everything that helps, then stops
+    alloc = la.allocate(groups, scores, table, target_ratio=0.01)
+    assert alloc == {ra: 4, rb: 8}
+
+
+def test_latency_slim_records_table_allocation_and_uses_the_cache(tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 8, 8)
+    net = _net()
+    s = la.latency_slim(net, x, speedup=1.3, cache_dir=tmp_path, max_iters=2, verify_rounds=2)
+    rep = la.latency_report(s)
+    assert rep["requested"] == 1.3 and rep["achieved"] > 0 and not rep["table_cached"]
+    assert 1 <= len(rep["iterations"]) <= 2 and set(rep["allocation"]) == {"0", "2"}
+    cached = list(tmp_path.glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["key"] == rep["table_key"]
+    with torch.no_grad():
+        assert s(x).shape == net(x).shape
+    # second call: the table comes from disk, nothing is re-measured
+    monkeypatch.setattr(la, "measure_table", lambda *a, **k: pytest.fail("re-measured a cached table"))
+    rep2 = la.latency_report(la.latency_slim(net, x, speedup=1.3, cache_dir=tmp_path, max_iters=1, verify_rounds=2))
+    assert rep2["table_cached"] and rep2["table"] == rep["table"]
+    # a different batch size is a different key
+    assert la.table_key(net, torch.randn(4, 3, 8, 8), "torch", 1) != rep["table_key"]
+    d = prunekit.save_pruned(s, tmp_path / "slim")
+    assert json.loads((d / "latency.json").read_text())["requested"] == 1.3
+
+
+def test_verification_loop_corrects_the_budget_until_the_target_is_met(tmp_path, monkeypatch):
+    """With latency modelled as proportional to FLOPs^0.5 (a fixed, known 'machine'), the loop
+    must move the budget until the achieved speed-up is within 10% of the request."""
+    from prunekit.metrics import flops
+
+    x = torch.randn(1, 3, 16, 16)
+    net = models.build("resnet20").eval()
+    dense = flops(net, x)["dense"]
+
+    def fake(models_, inputs, **kw):
+        return {k: (flops(m, inputs)["dense"] / dense) ** 0.5 for k, m in models_.items()}
+
+    import prunekit.metrics.latency as lat
+
+    monkeypatch.setattr(lat, "compare_latency", fake)
+    s = la.latency_slim(net, x, speedup=1.6, cache_dir=tmp_path)
+    rep = la.latency_report(s)
+    assert abs(rep["achieved"] / 1.6 - 1) <= 0.1, rep["iterations"]
+    assert rep["achieved"] == pytest.approx((dense / flops(s, x)["dense"]) ** 0.5)
+
+
+def test_bad_speedups_are_refused():
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="speedup must be a number > 1"):
+        la.latency_slim(_net(), x, speedup=0.5)
+    with pytest.raises(ValueError, match="one of ratio, flops_reduction or speedup"):
+        prunekit.slim(_net(), x, ratio=0.5, speedup=2.0)
+
+
+def test_runner_method_and_cli_accept_latency_targets(tmp_path):
+    from prunekit.runner import load_config
+
+    import yaml
+
+    cfg = {"name": "lat", "dataset": "synthetic", "dataset_options": {"shape": [1, 8, 8], "n_train": 64,
+                                                                       "n_test": 32},
+           "model": "lenet-300-100", "pretrain": {"epochs": 1}, "finetune": {"epochs": 1},
+           "methods": [{"name": "l1-latency", "targets": [0.3], "options": {"backend": "tvm"}}],
+           "out_dir": str(tmp_path)}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    from prunekit.runner.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backend must be one of torch, onnxruntime"):
+        load_config(str(p))
+    from prunekit.cli import app
+
+    r = CliRunner().invoke(app, ["prune", "--model", "torch.nn:Identity", "--input-shape", "1,3",
+                                              "--speedup", "0.9", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--speedup must be greater than 1" in r.output
