@@ -133,11 +133,6 @@ def masks_from_scores(scores: dict[str, torch.Tensor], sparsity: float, scope: s
     return out
 
 
-def _existing_mask_penalty(model, names) -> dict[str, torch.Tensor]:
-    mods = dict(model.named_modules())
-    return {n: current_mask(mods[n]) for n in names}
-
-
 def magnitude_masks(model: nn.Module, sparsity: float, scope: str = "global",
                     include_classifier: bool = True) -> dict[str, torch.Tensor]:
     """|w| top-k. Entries already masked score -inf, so iterative pruning only removes more."""
