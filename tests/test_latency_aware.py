@@ -125,3 +125,39 @@ def test_runner_method_and_cli_accept_latency_targets(tmp_path):
     r = CliRunner().invoke(app, ["prune", "--model", "torch.nn:Identity", "--input-shape", "1,3",
                                               "--speedup", "0.9", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--speedup must be greater than 1" in r.output
+
+
+def test_latency_benchmark_script_runs_on_a_tiny_slice(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_aware.py"
+    out = tmp_path / "lat.json"
+    r = subprocess.run([sys.executable, str(script), "--models", "resnet56", "--batches", "1", "--speedups", "1.3",
+                        "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["requested"] == 1.3 and rows[0]["achieved"] > 0 and rows[0]["widths"]
+
+
+def test_tpp_takes_the_latency_aware_selection(tmp_path, monkeypatch):
+    from prunekit.methods.tpp import TPPHparams, TPPRegularizer
+    from prunekit.metrics import flops
+
+    x = torch.randn(1, 3, 16, 16)
+    net = models.build("resnet20").eval()
+    dense = flops(net, x)["dense"]
+    import prunekit.metrics.latency as lat
+
+    monkeypatch.setattr(lat, "compare_latency",
+                        lambda ms, inputs, **kw: {k: flops(m, inputs)["dense"] / dense for k, m in ms.items()})
+    plan, groups, rep = la.latency_plan(net, x, speedup=1.5, cache_dir=tmp_path)
+    reg = TPPRegularizer(net, x, hparams=TPPHparams(preset="demo"), groups=groups, plan=plan)
+    assert {g: v.tolist() for g, v in reg.plan.items()} == {g: v.tolist() for g, v in plan.items()}
+    slim = reg.prune(force=True)
+    ref = prunekit.structured.slim_with_plan(net, x, plan, groups=groups)
+    assert [p.shape for p in slim.parameters()] == [p.shape for p in ref.parameters()]
+    with pytest.raises(ValueError, match="needs the groups"):
+        TPPRegularizer(net, x, plan=plan)

@@ -123,11 +123,15 @@ class TPPRegularizer:
     """TPP for any training loop: ``penalty()``, ``after_backward()``, ``step()``, ``prune()``."""
 
     def __init__(self, model: nn.Module, example_inputs, ratio: float = 0.5, hparams: TPPHparams | None = None,
-                 groups=None, ignore=(), **overrides):
+                 groups=None, ignore=(), plan=None, **overrides):
+        # plan: a given selection ({group id: channels to remove} over ``groups``), e.g. the
+        # latency-aware one from structured.latency_aware.latency_plan; default TPP's L1 choice
         self.hp = replace(hparams or TPPHparams(), **overrides) if overrides else (hparams or TPPHparams())
         self.model, self.example_inputs, self.ratio = model, example_inputs, ratio
+        if plan is not None and groups is None:
+            raise ValueError("a given plan needs the groups it refers to (groups=...)")
         self.groups = groups if groups is not None else groups_of(model, example_inputs, ignore)
-        self.plan = l1_plan(model, self.groups, ratio, self.hp)  # fixed from here on
+        self.plan = plan if plan is not None else l1_plan(model, self.groups, ratio, self.hp)  # fixed from here on
         self.rows = PlanRows(model, self.groups, self.plan)
         self.schedule = self.hp.schedule
         self.t = 0

@@ -233,7 +233,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
             log(f"latency-aware: iteration {it}: budget {target:.3f} of dense -> achieved {achieved:.2f}x "
                 f"(requested {speedup:.2f}x)")
         if best is None or abs(achieved / speedup - 1) < abs(best[1] / speedup - 1):
-            best = (slim_model, achieved, alloc)
+            best = (slim_model, achieved, alloc, plan)
         if abs(achieved / speedup - 1) <= tolerance:
             break
         # the table's additive prediction was off by achieved/requested: correct the budget,
@@ -244,7 +244,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
             lo = max(lo, target)
         nxt = target * achieved / speedup
         target = nxt if lo < nxt < hi else (lo + hi) / 2
-    slim_model, achieved, alloc = best
+    slim_model, achieved, alloc, plan = best
     report = {"requested": speedup, "achieved": achieved, "backend": backend, "threads": threads,
               "inputs": _input_shapes(example_inputs), "criterion": criterion if isinstance(criterion, str) else
               getattr(criterion, "__name__", "callable"),
@@ -254,8 +254,18 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
                              for name, kp in alloc.items() for g in roles[name]},
               "table": {name: {str(k): v for k, v in row.items()} for name, row in table.items()}}
     object.__setattr__(slim_model, REPORT_KEY, report)
+    object.__setattr__(slim_model, "_prunekit_latency_selection", (plan, groups))
     model.train(was_training)
     return slim_model
+
+
+def latency_plan(model: nn.Module, example_inputs, speedup: float, **kw):
+    """The latency-aware *selection* for methods that prune their own way (TPP regularises the
+    selected channels to zero before removing them): ``(removal plan, groups, report)``, with
+    the plan as ``{group id: LongTensor of channels to remove}`` for ``groups``."""
+    s = latency_slim(model, example_inputs, speedup, **kw)
+    plan, groups = getattr(s, "_prunekit_latency_selection")
+    return plan, groups, latency_report(s)
 
 
 def latency_report(model: nn.Module) -> dict | None:
