@@ -161,3 +161,19 @@ def test_tpp_takes_the_latency_aware_selection(tmp_path, monkeypatch):
     assert [p.shape for p in slim.parameters()] == [p.shape for p in ref.parameters()]
     with pytest.raises(ValueError, match="needs the groups"):
         TPPRegularizer(net, x, plan=plan)
+
+
+def test_runner_runs_the_latency_aware_method(tmp_path):
+    import yaml
+
+    from prunekit.runner import load_config, run_experiment
+
+    cfg = {"name": "lat", "dataset": "synthetic", "dataset_options": {"shape": [1, 8, 8], "n_train": 64,
+                                                                       "n_test": 32},
+           "model": "lenet-300-100", "pretrain": {"epochs": 1}, "finetune": {"epochs": 1},
+           "methods": [{"name": "l1-latency", "targets": [0.3]}], "out_dir": str(tmp_path)}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    s = run_experiment(load_config(str(p)), progress=False, log=lambda *a: None)
+    (row,) = s["results"]
+    assert row["method"] == "l1-latency" and row["kind"] == "structured" and row["params"] < s["dense"]["params"]
