@@ -191,7 +191,8 @@ def tpp_resnet_block() -> str:
     out = ["ResNet-20 (option A, `layer*.conv1` pruned) on MNIST-1D 3,600 train / 400 val / 1,000 test; "
            f"dense {f2(ms([100 * x['test_acc'] for x in d['dense']]))} % test (n={len(d['dense'])}). Paper recipe "
            "(every method fine-tunes 12 epochs; TPP's and GReg-2's regularisation steps on top; Scratch trains "
-           "the dense budget from scratch at LR 0.1). No budget-matched table was run.", "",
+           "the dense budget from scratch at LR 0.1)." + ("" if load("tpp_resnet_budget.json") else
+                                                        " No budget-matched table was run."), "",
            "| ratio | method | LR | n | test @ val-chosen epoch % | final epoch % | best epoch on test % (as the paper reports) | budget steps |",
            "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["ratio"], r["method"], r["lr"]) for r in rows}, key=lambda k: (k[0], k[1], -k[2]))
