@@ -121,3 +121,54 @@ def test_exact_error_messages():
     M.apply_masks(net, M.magnitude_masks(net, 0.5))
     with pytest.raises(ValueError, match=r"^imp_path needs the unmasked trained dense model \(level 0\)$"):
         next(imp_path(net, {}, [0.6]))
+
+
+def _done_after_any_step():
+    s = ESPNSearch(three(), sparsity=0.5, alpha=1e-6, threshold=2.0)  # every m (about 1) is below 2
+    return s
+
+
+def test_run_search_and_search_defaults_by_behaviour():
+    """With defaults (lr 0.05, batch 128, seed 0, per-epoch check) the search equals the explicit call."""
+    data = tiny_data(n_train=129, classes=4, shape=(1, 4, 4))  # 129 samples: 2 steps at batch 128
+    a, b = _done_after_any_step(), _done_after_any_step()
+    _, reached, hist = run_search(a, data)
+    run_search(b, data, lr=0.05, max_epochs=300, batch_size=128, seed=0, check_every="epoch")
+    assert reached and hist[-1]["step"] == 2
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    na, nb = three(), three()
+    ra = search(na, data, 0.5, alpha=1e-6, threshold=2.0)
+    search(nb, data, 0.5, alpha=1e-6, threshold=2.0, lr=0.05, max_epochs=300, batch_size=128, seed=0)
+    assert ra.reached and ra.history[-1]["step"] == 2
+    assert all(torch.equal(x, y) for x, y in zip(na.state_dict().values(), nb.state_dict().values()))
+    assert list(search(three(), data, 0.5, alpha=1e-6, threshold=2.0, include_classifier=False,
+                       max_epochs=1).masks) == ["1", "3"]
+
+
+def test_epoch_check_stops_when_the_count_lands_exactly_on_the_target():
+    data = tiny_data(n_train=32, classes=4, shape=(1, 4, 4))
+    s = ESPNSearch(three(), keep_ratio=0.5, alpha=0.0)
+    with torch.no_grad():
+        k, o = s.keep_count(), 0
+        for p in s.mask_parameters():
+            p.copy_((torch.arange(o, o + p.numel()) < k).float().view_as(p))
+            o += p.numel()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # alpha 0: the too-small-alpha warning is expected
+        epochs, reached, _ = run_search(s, data, lr=1e-6, max_epochs=3, batch_size=16, check_every="epoch")
+    assert s.count() == k and reached and epochs == 1
+
+
+def test_soft_masks_follow_the_weights_device():
+    assert SoftMask_device("meta") == "meta"
+    net = three().to("meta")
+    s = ESPNSearch(net, sparsity=0.5, alpha=0.1)
+    assert all(p.device.type == "meta" for p in s.mask_parameters())
+
+
+def SoftMask_device(dev):
+    from prunekit.sparse.espn import SoftMask
+
+    return SoftMask((2, 3), device=dev).m.device.type
