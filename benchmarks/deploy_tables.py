@@ -73,6 +73,9 @@ def render() -> str:
                   f"the planner, in {res['config']['rounds']} interleaved rounds (medians). Planning time includes "
                   f"measuring the latency table for the first request of each model and batch (later requests "
                   f"reuse the cached table). Wall time {res['seconds']:.0f} s.", ""]
+        if res.get("partial"):
+            lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
+                      f"measured.", ""]
         lines += latency_table(res) + [""]
     return "\n".join(lines)
 

@@ -51,10 +51,10 @@ def specs(full):
     img = lambda c, s: (lambda b: torch.randn(b, c, s, s))  # noqa: E731
     return {
         "resnet56": (lambda: models.build("resnet56", 3, 32, 10), img(3, 32)),
-        "resnet18": (lambda: models.build("resnet18", 3, r18, 1000), img(3, r18)),
-        "mobilenetv2": (lambda: models.build("mobilenetv2", 3, 32, 10), img(3, 32)),
         "vit": (lambda: models.build("vit", 3, 32, 10), img(3, 32)),
         "bert-style (HF)": (None, None),
+        "mobilenetv2": (lambda: models.build("mobilenetv2", 3, 32, 10), img(3, 32)),
+        "resnet18": (lambda: models.build("resnet18", 3, r18, 1000), img(3, r18)),
     }
 
 
@@ -75,6 +75,8 @@ def main(argv=None):
     bad = set(chosen) - set(all_specs)
     if bad:
         raise SystemExit(f"unknown model(s) {sorted(bad)}; choose from {sorted(all_specs)}")
+    config = {"rounds": rounds, "threads": 1, "clock": "cpu (process time, one thread)", "criterion": "l1",
+              "full": args.full, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     cache = tempfile.mkdtemp(prefix="latency-tables-")  # fresh tables: planning time includes measuring
     rows, t_start = [], time.perf_counter()
     backends = [("torch", b) for b in args.batches] + ([("onnxruntime", 1)] if args.ort else [])
@@ -109,13 +111,13 @@ def main(argv=None):
                        "dense_ms": t["dense"], "slim_ms": t["slim"],
                        "widths": {k: v["kept"] for k, v in rep["allocation"].items()}}
                 rows.append(row)
+                # written after every row: a long run that is stopped keeps what it measured
+                atomic_write_json(args.out, {"config": config, "rows": rows, "partial": True,
+                                             "seconds": time.perf_counter() - t_start})
                 print(f"[{name}] {backend} b{batch} {sp}x: achieved {achieved:.2f}x "
                       f"({achieved / sp:.2f} of requested), FLOPs {row['flops_reduction']:.2f}x, "
                       f"planning {plan_s:.0f}s ({time.perf_counter() - t_start:.0f}s elapsed)", flush=True)
-    result = {"config": {"rounds": rounds, "threads": 1, "clock": "cpu (process time, one thread)",
-                         "criterion": "l1", "full": args.full, "torch": torch.__version__,
-                         "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-              "rows": rows, "seconds": time.perf_counter() - t_start}
+    result = {"config": config, "rows": rows, "partial": False, "seconds": time.perf_counter() - t_start}
     atomic_write_json(args.out, result)
     print_table(result)
     print(f"\nwrote {args.out} in {result['seconds']:.0f}s")

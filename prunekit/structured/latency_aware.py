@@ -106,7 +106,7 @@ def _role_plan(members, scores, kp) -> dict:
     return plan
 
 
-def measure_table(model, x, groups, scores, backend="torch", threads=1, rounds=5, min_run_time=0.03,
+def measure_table(model, x, groups, scores, backend="torch", threads=1, rounds=3, min_run_time=0.03,
                   log=None) -> dict:
     """{role: {kept units per part: latency ratio to dense}} (see the module doc)."""
     from ..metrics.latency import compare_latency

@@ -9,7 +9,7 @@ from .planner import check_ratio, plan_removal
 from .slim import slim_with_plan
 
 
-def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", ignore=(), round_to: int = 1,
+def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion="l1", ignore=(), round_to: int = 1,
          inplace: bool = False, *, mode: str = "uniform", overrides: dict | None = None, skip=(),
          flops_reduction: float | None = None, data=None, loss_fn=None, seed: int = 0,
          groups: list[ChannelGroup] | None = None, uniform_layers: bool = False, speedup: float | None = None,
@@ -38,6 +38,8 @@ def slim(model: nn.Module, example_inputs, ratio: float | None, criterion="l1", 
     The kept-index plan is stored on the result (``save_pruned`` uses it).
     """
     check_criterion(criterion)
+    if ratio is None and flops_reduction is None and speedup is None:
+        raise ValueError("give one of ratio, flops_reduction or speedup")
     if speedup is not None:
         if ratio is not None or flops_reduction is not None:
             raise ValueError("give one of ratio, flops_reduction or speedup")
