@@ -53,8 +53,8 @@ ESPN_ORDER = ["random", "magnitude", "snip", "grasp", "synflow", "imp", "espn-fi
               "espn-rewind", "ctl-espn-mask-dense-imp-recipe", "ctl-imp-mask-dense-espn-recipe", "ctl-espn-finetune-ft-x3"]
 
 
-def espn_resnet_block() -> str:
-    d = load("espn_resnet.json")
+def espn_resnet_block(name: str = "espn_resnet.json", model: str = "ResNet-20") -> str:
+    d = load(name)
     if not d or not d["rows"]:
         return "Not run."
     rows = d["rows"]
@@ -68,7 +68,7 @@ def espn_resnet_block() -> str:
 
     dense, nd = acc("dense", 0.0)
     cfg = d["config"]
-    out = [f"ResNet-20 (option A) on MNIST-1D (18,000 train / 2,000 val / 5,000 test). Dense "
+    out = [f"{model} (option A) on MNIST-1D (18,000 train / 2,000 val / 5,000 test). Dense "
            f"({cfg['dense']['epochs']} epochs): {f2(dense)} % (test at the val-chosen epoch, n={nd}).", "",
            "| method | sparsity | n | final epoch % | test @ val-chosen epoch % | best epoch on test % (as the paper reports) "
            "| budget steps (epochs) | search reached target | runs with an empty layer |",
@@ -299,7 +299,9 @@ def detail_tables() -> dict:
 
 
 BLOCKS = {
-    "README.md": {"espn-resnet": espn_resnet_block, "tpp-controls": tpp_controls_block, "tpp-sweep": tpp_sweep_block,
+    "README.md": {"espn-resnet": espn_resnet_block,
+                  "espn-resnet32": lambda: espn_resnet_block("espn_resnet_resnet32.json", "ResNet-32"),
+                  "tpp-controls": tpp_controls_block, "tpp-sweep": tpp_sweep_block,
                   "tpp-resnet": tpp_resnet_block, "tpp-mlp7-jsv": tpp_mlp7_jsv_block, "espn-lenet": espn_lenet_block},
     "README_tpp.md": {"tpp-mlp7-detail": None, "tpp-resnet-detail": None, "tpp-mlp7-jsv": tpp_mlp7_jsv_block},
     "README_espn.md": {"espn-lenet-val": None, "espn-lenet-best": None},
