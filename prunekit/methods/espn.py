@@ -38,7 +38,7 @@ from .registry import METHODS, register
 class ESPNHparams:
     alpha: float = hp(0.0, "L1 weight on the masks; 0 = default_alpha(target, alpha_family) * alpha_scale.")
     alpha_family: str = hp("mnist", "Which official alpha range to interpolate: mnist or cifar.", choices=("mnist", "cifar"))
-    alpha_scale: float = hp(30.0, "Multiplier on the scheduled alpha. 1 = the official values, which assume tens of epochs over 50-60k samples. With 30 (alpha ~4.1e-3 at 98%) LeNet-5-Caffe on mnist5k (57 steps/epoch) reaches 98% in ~9 epochs; 20 needed 13, past the 10-epoch cap. See benchmarks/README_espn.md.")
+    alpha_scale: float = hp(30.0, "Multiplier on the authors' alpha for the target (1 = their values, tuned for tens of epochs over 50-60k samples). Raise it when your search must finish in fewer steps; a warning says when alpha is too small for the epoch cap. 30 reaches 98% on LeNet-5-Caffe / mnist5k in about 9 epochs.")
     threshold: float = hp(1e-2, "A mask entry counts as kept while m > threshold.")
     search_lr: float = hp(0.05, "SGD learning rate of the search (momentum 0.9, no weight decay).")
     search_batch_size: int = hp(0, "Search batch size; 0 = the fine-tune batch size.")
