@@ -27,16 +27,25 @@ from .masks import apply_masks, current_mask, prunable_modules
 FORMAT = "prunekit-sparse-v1"
 
 
+def _is_parametrization_key(k: str) -> bool:
+    # a bare masked module (the model is one Linear) has keys "parametrizations.weight..." with no prefix
+    return k.startswith("parametrizations.") or ".parametrizations." in k
+
+
+def _weight_key(n: str) -> str:
+    return f"{n}.weight" if n else "weight"
+
+
 def plain_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(state dict with effective weights under plain keys, {weight key: bool pattern})."""
     sd = {}
     for k, v in model.state_dict().items():
-        if ".parametrizations." in k:
+        if _is_parametrization_key(k):
             continue  # replaced by the effective weight below
         sd[k] = v
     patterns, explicit = {}, set()
     for n, m in prunable_modules(model).items():
-        key = f"{n}.weight" if n else "weight"
+        key = _weight_key(n)
         w = m.weight.detach()
         sd[key] = w
         cm = current_mask(m)
@@ -157,19 +166,19 @@ def load_into(model: nn.Module, path, masks: bool = True) -> nn.Module:
     with torch.no_grad():
         own = {}
         for k, v in model.state_dict().items():
-            if ".parametrizations." not in k:
+            if not _is_parametrization_key(k):
                 own[k] = v
         for n in mods:
-            own[f"{n}.weight"] = None
+            own[_weight_key(n)] = None
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
         if missing or unexpected:
             raise CheckpointError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        plain = {k: v for k, v in sd.items() if k not in {f"{n}.weight" for n in mods}}
+        plain = {k: v for k, v in sd.items() if k not in {_weight_key(n) for n in mods}}
         model.load_state_dict(plain, strict=False)
         from .masks import raw_weight
 
         for n, m in mods.items():
-            w = sd[f"{n}.weight"]
+            w = sd[_weight_key(n)]
             if w.shape != raw_weight(m).shape:
                 raise CheckpointError(f"{path}: {n}.weight has shape {tuple(w.shape)}, model has {tuple(raw_weight(m).shape)}")
             raw_weight(m).copy_(w)
