@@ -670,3 +670,70 @@ def test_gmp_callback_alone_attaches_missing_masks_and_prunes_on_its_grid(data4)
     assert torch.equal(rec.masks[0]["1"], pre)  # s = 0 at the start step: nothing changes, nothing revives
     assert not hasattr(net[3], "parametrizations")
     assert rec.kept[-1]["1"] == M.keep_count(192, 0.8)
+
+
+# --- Taylor scores, schedule helpers ------------------------------------------------------------------
+
+
+class ConvNoBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _taylor_reference(net, names, data, batches, batch_size, seed, size):
+    """d loss / d a at a = 1, a scaling every parameter of one channel, per batch, squared, averaged."""
+    import torch.nn.functional as F
+
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    score = torch.zeros(size)
+    for b in range(batches):
+        x, y = data.get_batch(order[(b * batch_size) % len(data):][:batch_size])
+        for c in range(size):
+            a = torch.ones((), requires_grad=True)
+            sc = torch.ones(size) + (a - 1) * F.one_hot(torch.tensor(c), size)
+            p = dict(net.named_parameters())
+            over = {k: p[k] * sc.view(-1, *([1] * (p[k].dim() - 1))) for k in names}
+            out = torch.func.functional_call(copy.deepcopy(net).train(), over, (x,), strict=False)
+            (d,) = torch.autograd.grad(F.cross_entropy(out, y), a)
+            score[c] += d.item() ** 2 / batches
+    return score
+
+
+@pytest.mark.parametrize("build,names", [(ConvNoBN, ["conv.weight", "conv.bias"]),
+                                         (ConvBN, ["conv.weight", "conv.bias", "bn.weight", "bn.bias"])])
+def test_taylor_scores_equal_the_squared_first_order_change(build, names):
+    from prunekit.methods.taylor import taylor_scores
+
+    data = tiny_data()
+    torch.manual_seed(0)
+    net = build()
+    groups = [g for g in groups_of(net, data.example_inputs(2)) if g.prunable and g.out_layers[0][0] == "conv"]
+    (g,) = groups
+    got = taylor_scores(net, [g], data.train, 3, 12, 2)[g.id]
+    want = _taylor_reference(net, names, data.train, 3, 12, 2, g.size)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in net.parameters())  # no gradients left behind
+
+
+def test_channel_sum_over_multi_row_channels_and_reg_schedule_defaults():
+    from prunekit.methods.tpp_schedule import RegSchedule, channel_sum
+
+    rows = torch.tensor([[0, 1], [2, 3], [4, -1]])  # the last channel has one valid position
+    got = channel_sum(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), rows.flatten(), 3)
+    torch.testing.assert_close(got, torch.tensor([3.0, 7.0, 5.0]))
+    assert RegSchedule.reaching(1.0, 100) == RegSchedule(0.1, 10, 1.0)  # every defaults to 10
+    with pytest.raises(ValueError, match=r"need iters >= every \(10\) to reach the ceiling, got 5"):
+        RegSchedule.reaching(1.0, 5)
+
+
+def test_at_init_finetune_rejects_an_unknown_budget(data4):
+    from prunekit.methods.snip import SNIP, SNIPHparams
+
+    ctx = make_ctx(data4, mlp)
+    with pytest.raises(ValueError, match="train_budget must be 'pretrain' or 'finetune', got 'dense'"):
+        SNIP(SNIPHparams(train_budget="dense")).finetune(mlp(), ctx)
