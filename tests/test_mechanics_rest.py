@@ -737,3 +737,58 @@ def test_at_init_finetune_rejects_an_unknown_budget(data4):
     ctx = make_ctx(data4, mlp)
     with pytest.raises(ValueError, match="train_budget must be 'pretrain' or 'finetune', got 'dense'"):
         SNIP(SNIPHparams(train_budget="dense")).finetune(mlp(), ctx)
+
+
+def test_reg_schedule_is_exactly_at_the_ceiling_from_rise_iters_on():
+    from prunekit.methods.tpp_schedule import RegSchedule
+
+    s = RegSchedule(3e-4, 1, 0.9)  # 3e-4 * 3000 is 0.8999999999999999 in floats
+    assert s.rise_iters == 3000
+    assert s.value(2999) < 0.9 and s.value(3000) == 0.9 and s.value(5000) == 0.9
+
+
+def test_l1_scores_average_rows_then_the_producers_that_see_a_channel():
+    from prunekit.methods.tpp_schedule import l1_scores
+
+    net = nn.ModuleDict({"a": nn.Linear(2, 5, bias=False), "b": nn.Linear(3, 3, bias=False)})
+    with torch.no_grad():
+        net["a"].weight.copy_(torch.arange(10.0).view(5, 2) - 4.0)
+        net["b"].weight.copy_(torch.arange(9.0).view(3, 3) * 0.5 - 1.0)
+    # channel 0: a rows 0,1 and b row 0; channel 1: a rows 2,3 only; channel 2: a row 4 and b rows 1,2
+    rows_a = torch.tensor([[0, 1], [2, 3], [4, -1]])
+    rows_b = torch.tensor([[0, -1], [-1, -1], [1, 2]])
+    group = SimpleNamespace(size=3, out_layers=[("a", rows_a.flatten()), ("b", rows_b.flatten())])
+    ra = net["a"].weight.abs().mean(1).detach()
+    rb = net["b"].weight.abs().mean(1).detach()
+    want = torch.stack([((ra[0] + ra[1]) / 2 + rb[0]) / 2, (ra[2] + ra[3]) / 2, (ra[4] + (rb[1] + rb[2]) / 2) / 2])
+    torch.testing.assert_close(l1_scores(net, group), want)
+
+
+def test_espn_validation_and_the_rewind_point_check(data4, monkeypatch, capsys):
+    from prunekit.methods.espn import ESPNFinetune, ESPNHparams, ESPNRewind, ESPNRewindHparams
+
+    assert get("espn").last_search == {}
+    assert ESPNFinetune(ESPNHparams(check_every="epoch")).hp.check_every == "epoch"
+    with pytest.raises(ValueError, match="check_every must be 'epoch' or 'step', got 'batch'"):
+        ESPNFinetune(ESPNHparams(check_every="batch"))
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        ESPNFinetune(ESPNHparams(rounds=0))
+    masked = M.apply_masks(mlp(), M.magnitude_masks(mlp(), 0.5))
+    ctx = make_ctx(data4, mlp, rewind_state=copy.deepcopy(mlp().state_dict()))
+    with pytest.raises(ValueError, match="espn-rewind expects an unmasked dense model"):
+        ESPNRewind(ESPNRewindHparams()).warm_model(masked, ctx)
+    spy = TrainSpy()
+    monkeypatch.setattr(espn_mod, "train", spy)
+    ctx = make_ctx(data4, mlp, pre=TrainHparams(epochs=4, batch_size=16, lr=0.05, warmup_epochs=2.0,
+                                                 schedule="cosine"))
+    get("espn-rewind", {"warmup_epochs": 1}).warm_model(mlp(), ctx)
+    (call,) = spy.calls
+    assert (call["hp"].epochs, call["hp"].warmup_epochs, call["hp"].schedule) == (1, 0.0, "constant")
+    assert not call["kw"].get("eval_test", True)  # the warm-up never evaluates the test set
+    out = capsys.readouterr()
+    assert out.err == "" and out.out == ""
+
+
+def test_unknown_method_options_name_the_method():
+    with pytest.raises(Exception, match="method 'snip'"):
+        get("snip", {"no_such_option": 1})
