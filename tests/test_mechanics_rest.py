@@ -792,3 +792,10 @@ def test_espn_validation_and_the_rewind_point_check(data4, monkeypatch, capsys):
 def test_unknown_method_options_name_the_method():
     with pytest.raises(Exception, match="method 'snip'"):
         get("snip", {"no_such_option": 1})
+
+
+def test_a_method_built_without_hparams_gets_its_defaults():
+    from prunekit.methods.magnitude import Magnitude, MagnitudeHparams
+
+    assert Magnitude().hp == MagnitudeHparams()
+    assert isinstance(PruningMethod().hp, PruningMethod.Hparams)
