@@ -799,3 +799,17 @@ def test_a_method_built_without_hparams_gets_its_defaults():
 
     assert Magnitude().hp == MagnitudeHparams()
     assert isinstance(PruningMethod().hp, PruningMethod.Hparams)
+
+
+def test_ties_go_to_the_lower_index_in_every_plan():
+    from prunekit.methods.slimming import global_plan
+    from prunekit.methods.tpp_schedule import l1_plan, plan_from_scores
+
+    g = SimpleNamespace(id=0, size=40)
+    plan = plan_from_scores([g], {0: torch.zeros(40)}, {0: 0.5})
+    assert torch.equal(plan[0], torch.arange(20))  # the unstable sort would scatter the ties
+    groups = [SimpleNamespace(id=0, size=24), SimpleNamespace(id=1, size=16)]
+    plan = global_plan(groups, {0: torch.ones(24), 1: torch.ones(16)}, {0: 0.5, 1: 0.5})
+    assert torch.equal(plan[0], torch.arange(20)) and 1 not in plan  # 20 lowest flat indices, all of group 0
+    net = ConvBN()
+    assert l1_plan(net, groups_of(net, torch.zeros(2, 1, 6, 6)), 0.0) == {}
