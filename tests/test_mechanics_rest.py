@@ -813,3 +813,34 @@ def test_ties_go_to_the_lower_index_in_every_plan():
     assert torch.equal(plan[0], torch.arange(20)) and 1 not in plan  # 20 lowest flat indices, all of group 0
     net = ConvBN()
     assert l1_plan(net, groups_of(net, torch.zeros(2, 1, 6, 6)), 0.0) == {}
+
+
+@pytest.mark.parametrize("name", ["magnitude", "espn", "espn-rewind", "snip", "scratch", "gmp"])
+def test_finetune_shows_progress_when_the_context_asks(name, data4, capsys):
+    import dataclasses
+
+    if name == "scratch":
+        ctx = make_ctx(tiny_data(), ConvBN, ft=TrainHparams(epochs=1, batch_size=16, lr=0.01))
+        meth, net = get("scratch"), ConvBN()
+    elif name == "gmp":
+        ctx = make_ctx(data4, mlp, ft=TrainHparams(epochs=1, batch_size=16, lr=0.01))
+        meth = get("gmp")
+        net = meth.prune(mlp(), 0.5, ctx)
+    else:
+        meth, net, ctx = _pruned_for(name, data4)
+    ctx = dataclasses.replace(ctx, progress=True)
+    capsys.readouterr()
+    meth.finetune(net, ctx)
+    assert "epoch 1/" in capsys.readouterr().err  # outside a terminal: one line per epoch
+
+
+def test_sparsity_and_warm_up_phases_show_progress_when_asked(data4, capsys):
+    import dataclasses
+
+    ctx = dataclasses.replace(make_ctx(tiny_data(), TwoConv), progress=True)
+    capsys.readouterr()
+    get("slimming", {"epochs": 1}).prune(two_conv(), 0.5, ctx)
+    assert "epoch 1/" in capsys.readouterr().err
+    ctx = dataclasses.replace(make_ctx(data4, mlp, pre=TrainHparams(epochs=2, batch_size=16, lr=0.05)), progress=True)
+    get("espn-rewind", {"warmup_epochs": 1}).warm_model(mlp(), ctx)
+    assert "epoch 1/" in capsys.readouterr().err
