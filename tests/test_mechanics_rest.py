@@ -102,11 +102,21 @@ def test_finetune_trains_with_the_methods_callbacks_on_that_model(name, opts, da
     assert meth.cb.steps > 0
 
 
-@pytest.mark.parametrize("name", ["magnitude", "espn", "espn-rewind", "snip", "scratch"])
+@pytest.mark.parametrize("name", ["magnitude", "espn", "espn-rewind", "snip", "scratch", "gmp", "slimming"])
 def test_finetune_is_silent_when_the_context_says_no_progress(name, data4, capsys):
     if name == "scratch":
         ctx = make_ctx(tiny_data(), ConvBN, ft=TrainHparams(epochs=1, batch_size=16, lr=0.01))
         meth, net = get("scratch"), ConvBN()
+    elif name == "gmp":
+        ctx = make_ctx(data4, mlp, ft=TrainHparams(epochs=1, batch_size=16, lr=0.01))
+        meth = get("gmp")
+        net = meth.prune(mlp(), 0.5, ctx)
+    elif name == "slimming":  # its sparsity phase trains inside prune()
+        ctx = make_ctx(tiny_data(), TwoConv)
+        get("slimming", {"epochs": 1}).prune(two_conv(), 0.5, ctx)
+        out = capsys.readouterr()
+        assert out.err == "" and out.out == ""
+        return
     else:
         meth, net, ctx = _pruned_for(name, data4)
     assert ctx.progress is False
@@ -170,7 +180,7 @@ def test_gmp_schedule_accepts_the_closed_interval_and_rejects_outside():
     assert get("gmp", {"start_fraction": 0.0, "end_fraction": 0.5, "updates": 1}).schedule(20) == (0, 10, 10)
     assert get("gmp", {"start_fraction": 0.0, "end_fraction": 0.5, "updates": 20}).schedule(20)[2] == 1
     for bad in ({"end_fraction": 1.5}, {"start_fraction": 0.6, "end_fraction": 0.5}):
-        with pytest.raises(ValueError, match=r"need 0 <= start_fraction <= end_fraction <= 1"):
+        with pytest.raises(ValueError, match=r"^need 0 <= start_fraction <= end_fraction <= 1$"):
             get("gmp", bad).schedule(10)
 
 
@@ -182,7 +192,7 @@ def test_gmp_callbacks_count_partial_batches_and_finetune_forgets_the_model(data
     spe = math.ceil(48 / 10)
     assert (cb.start, cb.end, cb.every) == meth.schedule(spe * 5)
     meth.finetune(net, ctx)
-    with pytest.raises(ValueError, match="needs a model returned by prune"):
+    with pytest.raises(ValueError, match=r"^gmp: callbacks\(\) needs a model returned by prune\(\)$"):
         meth.callbacks(net, ctx)
 
 
@@ -351,10 +361,11 @@ class Nested(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(8, 6, bias=False), nn.ReLU(), nn.Linear(6, 6))
+        self.deep = nn.Sequential(nn.Sequential(nn.ReLU(), nn.Linear(6, 6)))  # "deep.0.1": two dots
         self.head = nn.Linear(6, 2)
 
     def forward(self, x):
-        return self.head(self.body(x))
+        return self.head(self.deep(self.body(x)))
 
 
 def test_to_sparse_linear_replaces_in_place_by_threshold():
@@ -369,7 +380,7 @@ def test_to_sparse_linear_replaces_in_place_by_threshold():
     assert isinstance(fast.body[0], nn.Linear) and isinstance(fast.head, nn.Linear)
     assert not fast.body[2].bias.requires_grad
     allf = to_sparse_linear(net)
-    assert all(isinstance(m, SparseLinear) for m in (allf.body[0], allf.body[2], allf.head))
+    assert all(isinstance(m, SparseLinear) for m in (allf.body[0], allf.body[2], allf.deep[0][1], allf.head))
     assert allf.body[0].bias is None
     assert [n for n, _ in allf.named_modules()] == [n for n, _ in net.named_modules()]
     x = torch.randn(2, 3, 8)  # leading dimensions are kept
@@ -391,7 +402,7 @@ def test_scratch_honours_layer_selection_and_checks_the_fresh_architecture():
     assert (slim.conv1.out_channels, slim.conv2.out_channels) == (4, 3)
     slim = get("scratch", {"layers": ["conv1"]}).prune(dense, 0.5, ctx)
     assert (slim.conv1.out_channels, slim.conv2.out_channels) == (2, 6)
-    with pytest.raises(RuntimeError, match="channel groups differ from the pruned one's"):
+    with pytest.raises(RuntimeError, match=r"^ctx\.build_model\(\) gives a model whose channel groups differ from the pruned one's$"):
         get("scratch").prune(ConvBN(), 0.5, make_ctx(data, lambda: ConvBN(c=8)))
     with pytest.raises(ValueError, match="scratch budget must be 'pretrain' or 'finetune'"):
         ScratchHparams(budget="dense")
@@ -628,6 +639,7 @@ def test_cubic_sparsity_edges_and_formula():
     assert cubic_sparsity(4, 0.9, 4, 4, 0.2) == 0.9 and cubic_sparsity(3, 0.9, 4, 4, 0.2) == 0.2
     assert cubic_sparsity(5, 0.9, 4, 4, 0.2) == 0.9
     assert cubic_sparsity(2, 0.9, 3, 12, 0.1) == 0.1 and cubic_sparsity(13, 0.9, 3, 12, 0.1) == 0.9
+    assert cubic_sparsity(3, 0.9, 3, 12, 0.1) == 0.1 and cubic_sparsity(12, 0.9, 3, 12, 0.1) == 0.9  # exact ends
     for t in (4, 6, 11):
         assert cubic_sparsity(t, 0.9, 3, 12, 0.1) == pytest.approx(0.9 + (0.1 - 0.9) * (1 - (t - 3) / 9) ** 3)
 
@@ -652,14 +664,14 @@ def test_gmp_callback_alone_attaches_missing_masks_and_prunes_on_its_grid(data4)
     pre = M.magnitude_masks(net, 0.5, "layer")["1"]
     M.apply_masks(net, {"1": pre.clone()})  # "1" already half pruned, "3" (the classifier) unmasked
     hp = TrainHparams(epochs=4, batch_size=16, lr=0.01)  # 3 steps per epoch: 12 steps
-    cb, rec = GMPCallback(0.8, start=2, end=11, every=3, initial=0.6), Kept()
+    cb, rec = GMPCallback(0.8, start=4, end=10, every=3, initial=0.6), Kept()
     train(net, data4, hp, callbacks=[cb, rec], progress=False)
     assert set(rec.masks[0]) == {"1", "3"}  # the classifier got a mask: include_classifier defaults to True
     total = [sum(k.values()) for k in rec.kept]
     changes = [t for t in range(2, 13) if total[t - 1] != total[t - 2]]
-    assert set(changes) <= {2, 5, 8, 11} and 2 in changes
-    assert total[1] == M.keep_count(240, 0.6)  # pruned to ``initial`` at the start step itself
-    assert total[0] == 96 + 48  # before the start: only the existing mask
+    assert set(changes) <= {4, 7, 10} and 4 in changes
+    assert total[3] == M.keep_count(240, 0.6)  # pruned to ``initial`` at the start step itself
+    assert total[:3] == [96 + 48] * 3  # before the start (t = 1 is on the grid's extension): only the existing mask
     assert total[-1] == M.keep_count(240, 0.8)
 
     net = mlp()
@@ -676,9 +688,9 @@ def test_gmp_callback_alone_attaches_missing_masks_and_prunes_on_its_grid(data4)
 
 
 class ConvNoBN(nn.Module):
-    def __init__(self):
+    def __init__(self, bias=True):
         super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3)
+        self.conv = nn.Conv2d(1, 4, 3, bias=bias)
         self.fc = nn.Linear(4 * 16, 3)
 
     def forward(self, x):
@@ -705,6 +717,7 @@ def _taylor_reference(net, names, data, batches, batch_size, seed, size):
 
 
 @pytest.mark.parametrize("build,names", [(ConvNoBN, ["conv.weight", "conv.bias"]),
+                                         (lambda: ConvNoBN(bias=False), ["conv.weight"]),
                                          (ConvBN, ["conv.weight", "conv.bias", "bn.weight", "bn.bias"])])
 def test_taylor_scores_equal_the_squared_first_order_change(build, names):
     from prunekit.methods.taylor import taylor_scores
@@ -775,7 +788,7 @@ def test_espn_validation_and_the_rewind_point_check(data4, monkeypatch, capsys):
         ESPNFinetune(ESPNHparams(rounds=0))
     masked = M.apply_masks(mlp(), M.magnitude_masks(mlp(), 0.5))
     ctx = make_ctx(data4, mlp, rewind_state=copy.deepcopy(mlp().state_dict()))
-    with pytest.raises(ValueError, match="espn-rewind expects an unmasked dense model"):
+    with pytest.raises(ValueError, match="^espn-rewind expects an unmasked dense model$"):
         ESPNRewind(ESPNRewindHparams()).warm_model(masked, ctx)
     spy = TrainSpy()
     monkeypatch.setattr(espn_mod, "train", spy)
