@@ -423,7 +423,7 @@ def _linear_kept(n_kept, shape=(5, 3)):
 def test_csr_is_chosen_exactly_when_its_parts_are_smaller_than_dense(tmp_path):
     from safetensors.torch import load_file
 
-    for shape in ((5, 3), (3, 7)):
+    for shape in ((5, 3), (3, 7), (2, 4)):  # (2, 4) with 4 kept: CSR 30 bytes against 32 dense
         numel = shape[0] * shape[1]
         for n in range(numel + 1):
             net = _linear_kept(n, shape)
@@ -857,3 +857,11 @@ def test_sparsity_and_warm_up_phases_show_progress_when_asked(data4, capsys):
     ctx = dataclasses.replace(make_ctx(data4, mlp, pre=TrainHparams(epochs=2, batch_size=16, lr=0.05)), progress=True)
     get("espn-rewind", {"warmup_epochs": 1}).warm_model(mlp(), ctx)
     assert "epoch 1/" in capsys.readouterr().err
+
+
+def test_csr_size_estimate_uses_the_real_column_index_width(tmp_path):
+    # 32768 columns still fit int16 indices (largest index 32767); 32769 need int32
+    for cols, csr in ((32768, True), (32769, False)):
+        net = _linear_kept(20000, (1, cols))
+        info = save_sparse(tmp_path / f"w{cols}.safetensors", net)
+        assert info["sparse_tensors"] == int(csr), cols
