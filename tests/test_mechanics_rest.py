@@ -865,3 +865,17 @@ def test_csr_size_estimate_uses_the_real_column_index_width(tmp_path):
         net = _linear_kept(20000, (1, cols))
         info = save_sparse(tmp_path / f"w{cols}.safetensors", net)
         assert info["sparse_tensors"] == int(csr), cols
+
+
+def test_plan_from_scores_units_parts_and_groups_without_a_ratio():
+    from prunekit.methods.tpp_schedule import plan_from_scores
+
+    heads = SimpleNamespace(id=0, size=8, unit=2)  # 4 heads of 2 channels, scored by their sum
+    sc = torch.tensor([5.0, 0.0, 0.1, 0.1, 0.0, 3.0, 1.0, 1.0])  # head sums 5, 0.2, 3, 2
+    other = SimpleNamespace(id=1, size=4)
+    plan = plan_from_scores([heads, other], {0: sc, 1: torch.arange(4.0)}, {0: 0.5})  # no ratio for group 1
+    assert list(plan) == [0]
+    assert plan[0].tolist() == [2, 3, 6, 7]
+    parts = SimpleNamespace(id=2, size=6, parts=2)  # equally many from each half
+    plan = plan_from_scores([parts], {2: torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])}, {2: 0.3})
+    assert plan[2].tolist() == [0, 3]
