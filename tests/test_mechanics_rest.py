@@ -879,3 +879,11 @@ def test_plan_from_scores_units_parts_and_groups_without_a_ratio():
     parts = SimpleNamespace(id=2, size=6, parts=2)  # equally many from each half
     plan = plan_from_scores([parts], {2: torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])}, {2: 0.3})
     assert plan[2].tolist() == [0, 3]
+
+
+def test_n_pruned_at_zero_and_for_single_channel_groups():
+    from prunekit.methods.tpp_schedule import n_pruned
+
+    assert n_pruned(0.0, 10) == 0
+    assert n_pruned(0.5, 1) == 0  # a one-channel group keeps its channel
+    assert n_pruned(0.7, 10) == 7 and n_pruned(0.9, 200) == 180
