@@ -887,3 +887,20 @@ def test_n_pruned_at_zero_and_for_single_channel_groups():
     assert n_pruned(0.0, 10) == 0
     assert n_pruned(0.5, 1) == 0  # a one-channel group keeps its channel
     assert n_pruned(0.7, 10) == 7 and n_pruned(0.9, 200) == 180
+
+
+def test_plan_rows_keep_single_channel_entries_in_module_order():
+    from prunekit.methods.tpp_schedule import PlanRows, RegSchedule
+
+    with pytest.raises(ValueError, match=r"^need delta > 0, every >= 1, ceiling > 0 \(got 0.1, 1, 0.0\)$"):
+        RegSchedule(0.1, 1, 0.0)
+    net = two_conv()
+    groups = [g for g in groups_of(net, torch.zeros(2, 1, 6, 6)) if g.prunable]
+    gid = {g.out_layers[0][0]: g.id for g in groups}
+    pr = PlanRows(net, groups, {gid["conv1"]: [], gid["conv2"]: [4]})  # an empty entry first; one channel
+    assert [e[0] for e in pr.entries] == [gid["conv2"]]
+    pr = PlanRows(net, groups, {gid["conv2"]: [4], gid["conv1"]: [1]})
+    assert [e[0] for e in pr.entries] == [gid["conv1"], gid["conv2"]]  # model order, not plan order
+    pr.zero()
+    assert float(net.conv1.weight[1].abs().sum()) == 0.0 and float(net.conv2.weight[4].abs().sum()) == 0.0
+    assert float(net.bn2.weight[4]) == 0.0 and float(net.conv2.weight[3].abs().sum()) > 0
