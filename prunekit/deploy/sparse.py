@@ -9,13 +9,11 @@ dense conv at these sizes on CPU, so there is nothing to choose from for them.
 """
 from __future__ import annotations
 
-import copy
-
 import torch.nn as nn
 
 from ..metrics.latency import compare_latency
 from ..sparse.export import to_sparse_linear
-from ..sparse.masks import remove_masks
+from .onnx import deployable_copy
 
 CSR_MIN_SPARSITY = 0.5  # below this, CSR never wins; skip timing it
 
@@ -27,7 +25,7 @@ def _sparse_linears(model: nn.Module) -> int:
 
 def fastest_deployable(model: nn.Module, example_inputs, threads: int = 1, rounds: int = 3) -> tuple[nn.Module, str]:
     """(deployable copy, how): ``how`` is ``"dense kernels"`` or ``"CSR Linear"``."""
-    plain = remove_masks(copy.deepcopy(model)).eval()
+    plain = deployable_copy(model, fold=False)
     if not _sparse_linears(plain):
         return plain, "dense kernels"
     csr = to_sparse_linear(plain, min_sparsity=CSR_MIN_SPARSITY).eval()

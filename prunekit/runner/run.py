@@ -9,7 +9,6 @@ was in progress from its seed, so the resumed summary equals an uninterrupted ru
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import math
@@ -25,7 +24,6 @@ from ..foundations.io import load_tensors, save_tensors, atomic_write_json
 from ..methods import Context, get
 from ..metrics import count_nonzero, count_params, flops
 from ..metrics.latency import compare_latency
-from ..sparse.masks import remove_masks
 from ..training import TrainHparams, evaluate, train
 from ..training.callbacks import RecordAt
 from ..training.progress import phase
@@ -70,12 +68,10 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def deployable(model, example=None, threads: int = 1):
-    """The model as it would ship: masks baked into plain weights (a parametrized forward
-    recomputes weight * mask on every call and would be timed slower than it deploys), and
-    CSR kernels for sparse Linear layers where they measure faster. Returns (model, how)."""
-    if example is None:
-        return remove_masks(copy.deepcopy(model)), "dense kernels"
+def deployable(model, example, threads: int = 1):
+    """The model as it would ship (``deploy.sparse.fastest_deployable``): masks baked into
+    plain weights (a parametrized forward recomputes weight * mask on every call and would
+    be timed slower than it deploys), CSR kernels where they measure faster. Returns (model, how)."""
     from ..deploy.sparse import fastest_deployable
 
     return fastest_deployable(model, example, threads)
