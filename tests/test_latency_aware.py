@@ -57,9 +57,11 @@ def test_allocation_meets_the_budget_and_prefers_cheap_importance_per_latency():
 def test_latency_slim_records_table_allocation_and_uses_the_cache(tmp_path, monkeypatch):
     x = torch.randn(1, 3, 8, 8)
     net = _net()
-    s = la.latency_slim(net, x, speedup=1.3, cache_dir=tmp_path, max_iters=2, verify_rounds=2)
+    # a tiny request: this test is about what is recorded, and a loaded machine must not
+    # make the floor check call a modest speed-up unreachable
+    s = la.latency_slim(net, x, speedup=1.05, cache_dir=tmp_path, max_iters=2, verify_rounds=2)
     rep = la.latency_report(s)
-    assert rep["requested"] == 1.3 and rep["achieved"] > 0 and not rep["table_cached"]
+    assert rep["requested"] == 1.05 and rep["achieved"] > 0 and not rep["table_cached"]
     assert 1 <= len(rep["iterations"]) <= 2 and set(rep["allocation"]) == {"0", "2"}
     cached = list(tmp_path.glob("*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["key"] == rep["table_key"]
@@ -67,12 +69,12 @@ def test_latency_slim_records_table_allocation_and_uses_the_cache(tmp_path, monk
         assert s(x).shape == net(x).shape
     # second call: the table comes from disk, nothing is re-measured
     monkeypatch.setattr(la, "measure_table", lambda *a, **k: pytest.fail("re-measured a cached table"))
-    rep2 = la.latency_report(la.latency_slim(net, x, speedup=1.3, cache_dir=tmp_path, max_iters=1, verify_rounds=2))
+    rep2 = la.latency_report(la.latency_slim(net, x, speedup=1.05, cache_dir=tmp_path, max_iters=1, verify_rounds=2))
     assert rep2["table_cached"] and rep2["table"] == rep["table"]
     # a different batch size is a different key
     assert la.table_key(net, torch.randn(4, 3, 8, 8), "torch", 1) != rep["table_key"]
     d = prunekit.save_pruned(s, tmp_path / "slim")
-    assert json.loads((d / "latency.json").read_text())["requested"] == 1.3
+    assert json.loads((d / "latency.json").read_text())["requested"] == 1.05
 
 
 def test_verification_loop_corrects_the_budget_until_the_target_is_met(tmp_path, monkeypatch):
@@ -94,6 +96,45 @@ def test_verification_loop_corrects_the_budget_until_the_target_is_met(tmp_path,
     rep = la.latency_report(s)
     assert abs(rep["achieved"] / 1.6 - 1) <= 0.1, rep["iterations"]
     assert rep["achieved"] == pytest.approx((dense / flops(s, x)["dense"]) ** 0.5)
+
+
+def _overhead_machine(monkeypatch, overhead):
+    """A fixed 'machine' on which a fraction ``overhead`` of the dense latency does not
+    shrink with width (kernel launches, frozen layers) and the rest scales with FLOPs."""
+    from prunekit.metrics import flops
+    import prunekit.metrics.latency as lat
+
+    def fake(models_, inputs, **kw):
+        f = {k: flops(m, inputs)["dense"] for k, m in models_.items()}
+        dense = max(f.values())
+        return {k: overhead + (1 - overhead) * v / dense for k, v in f.items()}
+
+    monkeypatch.setattr(lat, "compare_latency", fake)
+
+
+def test_an_unreachable_speedup_is_refused_before_any_table_is_measured(tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 16, 16)
+    net = models.build("resnet20").eval()
+    _overhead_machine(monkeypatch, overhead=0.6)  # at most 1 / 0.6 = 1.67x, whatever is pruned
+    monkeypatch.setattr(la, "measure_table", lambda *a, **k: pytest.fail("measured a table for an impossible target"))
+    with pytest.raises(la.UnreachableSpeedupError, match=r"speedup 2x is not reachable on torch .* runs only "
+                                                         r"1\.[56]\dx faster \(measured\); ask for at most 1\.[56]\dx"):
+        la.latency_slim(net, x, speedup=2.0, cache_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing cached, nothing written
+    with pytest.raises(la.UnreachableSpeedupError, match="not reachable"):
+        prunekit.slim(net, x, speedup=2.0)  # the public entry point says the same
+    # within the tolerance of the ceiling it is still attempted
+    monkeypatch.undo()
+    _overhead_machine(monkeypatch, overhead=0.6)
+    s = la.latency_slim(net, x, speedup=1.5, cache_dir=tmp_path)
+    rep = la.latency_report(s)
+    assert abs(rep["achieved"] / 1.5 - 1) <= 0.1 and 1.5 < rep["max_speedup_measured"] < 1.67
+
+
+def test_a_model_with_nothing_prunable_is_refused(tmp_path):
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(la.UnreachableSpeedupError, match="no prunable channel group"):
+        la.latency_slim(_net(), x, speedup=1.5, cache_dir=tmp_path, ignore=("0", "2"))
 
 
 def test_bad_speedups_are_refused():
@@ -171,7 +212,7 @@ def test_runner_runs_the_latency_aware_method(tmp_path):
     cfg = {"name": "lat", "dataset": "synthetic", "dataset_options": {"shape": [1, 8, 8], "n_train": 64,
                                                                        "n_test": 32},
            "model": "lenet-300-100", "pretrain": {"epochs": 1}, "finetune": {"epochs": 1},
-           "methods": [{"name": "l1-latency", "targets": [0.3]}], "out_dir": str(tmp_path)}
+           "methods": [{"name": "l1-latency", "targets": [0.1]}], "out_dir": str(tmp_path)}
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(cfg))
     s = run_experiment(load_config(str(p)), progress=False, log=lambda *a: None)

@@ -21,6 +21,12 @@ NeurIPS 2022), ``latency_slim`` works in three steps:
    (the budget is scaled by achieved/requested) and the allocation is redone, up to
    ``max_iters`` times; the closest result is returned, never one that does not run.
 
+Before any table is measured, the *floor* model (every prunable group at its narrowest
+grid width) is timed once against the dense model. If even that misses the request by more
+than the tolerance, ``UnreachableSpeedupError`` says so and names the most this model can
+reach on this backend, instead of minutes of planning that end with a model that is slower
+than asked.
+
 The table, the allocation (width per group) and requested vs achieved speed-up are stored
 on the slim model (``latency_report``) and written by ``save_pruned`` as ``latency.json``.
 """
@@ -42,6 +48,10 @@ from .planner import choose
 from .slim import slim_with_plan
 
 REPORT_KEY = "_prunekit_latency"
+
+
+class UnreachableSpeedupError(ValueError):
+    """The requested speed-up exceeds what narrowing every prunable group can give."""
 
 
 def _input_shapes(x):
@@ -183,8 +193,29 @@ def allocate(groups, scores, table, target_ratio: float) -> dict[str, int]:
     return {name: options[name][i] for name, i in state.items()}
 
 
+def _describe_setting(example_inputs, backend, threads) -> str:
+    return f"on {backend} with inputs {_input_shapes(example_inputs)} and {threads} thread(s)"
+
+
+def floor_speedup(model, example_inputs, groups, scores, backend="torch", threads=1, rounds=5) -> float | None:
+    """Measured speed-up of the narrowest model the table could lead to (every role at its
+    narrowest grid width); None when that model cannot be built (then the table decides)."""
+    from ..metrics.latency import compare_latency
+
+    plan = {}
+    for members in roles_of(groups, scores).values():
+        plan.update(_role_plan(members, scores, min(width_grid(members[0]))))
+    try:
+        floor = slim_with_plan(model, example_inputs, plan, groups=groups, validate=False).eval()
+    except Exception:  # noqa: BLE001 - measuring the table will find the widths that work
+        return None
+    t = compare_latency({"dense": model, "floor": floor}, example_inputs, num_threads=threads, rounds=rounds,
+                        min_run_time=0.05, backend=backend)
+    return t["dense"] / t["floor"]
+
+
 def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1", backend: str = "torch",
-                 threads: int | None = None, ignore=(), cache_dir=None, max_iters: int = 4, tolerance: float = 0.1,
+                 threads: int | None = None, ignore=(), cache_dir=None, max_iters: int = 6, tolerance: float = 0.1,
                  verify_rounds: int = 7, data=None, log=None) -> nn.Module:
     """A slim copy of ``model`` that runs ``speedup`` times faster than it on this machine
     (``example_inputs`` fix the batch size), within ``tolerance``, or as close as it got."""
@@ -198,6 +229,15 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     model.eval()
     groups = channel_groups(model, example_inputs, ignore=ignore)
     scores = group_scores(model, groups, criterion, data=data)
+    where = _describe_setting(example_inputs, backend, threads)
+    if not roles_of(groups, scores):
+        raise UnreachableSpeedupError(f"speedup {speedup:g}x is not reachable: the model has no prunable channel "
+                                      "group (all are frozen or ignored), so narrowing cannot make it faster")
+    ceiling = floor_speedup(model, example_inputs, groups, scores, backend, threads)
+    if ceiling is not None and ceiling < speedup * (1 - tolerance):
+        raise UnreachableSpeedupError(
+            f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width "
+            f"the model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
     key = table_key(model, example_inputs, backend, threads)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / f"{key}.json"
@@ -245,7 +285,13 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         nxt = target * achieved / speedup
         target = nxt if lo < nxt < hi else (lo + hi) / 2
     slim_model, achieved, alloc, plan = best
-    report = {"requested": speedup, "achieved": achieved, "backend": backend, "threads": threads,
+    if abs(achieved / speedup - 1) > tolerance:
+        import warnings
+
+        warnings.warn(f"latency-aware: requested {speedup:g}x, best achieved {achieved:.2f}x {where} after "
+                      f"{len(history)} iterations (the latency table's prediction is off for this model); "
+                      "the closest model is returned", stacklevel=2)
+    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "backend": backend, "threads": threads,
               "inputs": _input_shapes(example_inputs), "criterion": criterion if isinstance(criterion, str) else
               getattr(criterion, "__name__", "callable"),
               "table_cached": not measured, "table_key": key, "planning_seconds": time.perf_counter() - t0,
