@@ -10,7 +10,8 @@ For each:
 - ``prunable_fraction``: conv/linear output channels in prunable groups over all
   channels in groups (``channel_groups``: sum of ``g.size`` over prunable groups / over
   all), and ``heads_prunable``: True when a prunable group is reshaped into attention
-  heads, False when head groups exist but are all frozen, None when none is visible.
+  heads, False when none is but the model has modules named ``*Attention*`` (heads
+  frozen, or attention channels pruned one by one), None for models without attention.
 - ``unknown_ops``: how many op calls had no rule (``analyse(...).unknown``), and their names.
 - ``param_reduction``: the fraction of parameters slim(0.5) removed (catches weights
   outside conv/linear modules, e.g. fused MoE experts, that no group counts).
@@ -131,6 +132,14 @@ def _params(m) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def _attention_modules(model) -> int:
+    """Modules that look like attention (class name contains "Attention", incl. nn.MultiheadAttention).
+
+    Frozen groups carry no head structure, so this is how a model whose heads are all
+    frozen (``heads_prunable=False``) is told from one without attention (None)."""
+    return sum("attention" in type(m).__name__.lower() for m in model.modules())
+
+
 def _one_line(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}".strip().splitlines()[0]
     return text[:400]
@@ -154,6 +163,7 @@ def measure(name: str, build, make_inputs) -> dict:
             total = sum(g.size for g in groups)
             prunable = sum(g.size for g in groups if g.prunable)
             head_groups = [g for g in groups if g.heads]
+            n_attn = _attention_modules(model)
             frozen = Counter()
             for g in groups:
                 if not g.prunable:
@@ -161,7 +171,8 @@ def measure(name: str, build, make_inputs) -> dict:
             row.update(analysis_ok=True, groups=len(groups), prunable_groups=sum(g.prunable for g in groups),
                        channels=total, prunable_channels=prunable,
                        prunable_fraction=round(prunable / total, 4) if total else 0.0,
-                       heads_prunable=any(g.prunable for g in head_groups) if head_groups else None,
+                       attention_modules=n_attn,
+                       heads_prunable=True if any(g.prunable for g in head_groups) else False if n_attn else None,
                        unknown_ops=len(cap.unknown),
                        unknown_op_names=sorted({u.split(" in ", 1)[0] for u in cap.unknown}),
                        frozen_channels_by_reason=dict(frozen))

@@ -67,3 +67,13 @@ def test_unknown_model_name_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown model"):
         engine_coverage.main(["--only", "no-such-model", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_attention_is_recognised_by_class_name():
+    class TinyAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(4, 12)
+
+    assert engine_coverage._attention_modules(nn.Sequential(TinyAttention(), nn.MultiheadAttention(4, 2))) == 2
+    assert engine_coverage._attention_modules(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) == 0
