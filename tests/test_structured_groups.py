@@ -139,8 +139,10 @@ def test_groupnorm_and_grouped_conv_constraints():
     m = GroupedNet()
     x = torch.randn(2, 3, 8, 8)
     groups = channel_groups(m, x)
-    # grouped conv inputs are kept (their split into conv groups is fixed)
-    assert not any("conv" in [n for n, _ in g.out_layers] for g in groups if g.prunable)
+    # grouped conv inputs: weight column q is shared by the 4 conv groups, so channels
+    # q, q+2, q+4, q+6 go together (2 channels of 4 positions each)
+    gi = by_producer(groups, "conv")
+    assert gi.prunable and gi.size == 2 and gi.out_layers[0][1].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
     gg = by_producer(groups, "grouped")
     assert gg.prunable and gg.parts == 4
     s = slim(m, x, 0.5)

@@ -77,7 +77,56 @@ def reference_model(model: nn.Module, plan: dict) -> nn.Module:
             if attr in ("running_mean", "running_var"):
                 continue  # scale and shift are zeroed, so the statistics no longer matter
             t.index_fill_(int(s["dim"]), removed, 0.0)
+    _mask_functional_norms(ref, plan)
     return ref
+
+
+def _mask_functional_norms(ref: nn.Module, plan: dict) -> None:
+    """Functional channel norms (``F.layer_norm``/``rms_norm``/``group_norm`` on a block's
+    own parameters, see ``ops_norm``) normalise over the kept channels in the reference
+    too: the call is recognised by its sliced weight or bias."""
+    kept = {}
+    for s in plan["slices"]:
+        if s.get("virtual") or int(s["dim"]) != 0:
+            continue
+        mod_name, _, attr = s["tensor"].rpartition(".")
+        t = getattr(ref.get_submodule(mod_name) if mod_name else ref, attr, None)
+        if isinstance(t, torch.Tensor) and t.dim() == 1:
+            kept[id(t)] = torch.as_tensor(s["keep"], dtype=torch.long)
+    if not kept:
+        return
+    from torch.overrides import TorchFunctionMode
+
+    class KeptNorms(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name in ("layer_norm", "rms_norm", "group_norm"):
+                names = {"layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+                         "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+                         "group_norm": ("input", "num_groups", "weight", "bias", "eps")}[name]
+                a = dict(zip(names, args), **kwargs)
+                keep = next((kept[id(a[k])] for k in ("weight", "bias") if id(a.get(k)) in kept), None)
+                if keep is not None:
+                    x = a["input"]
+                    keep = keep.to(x.device)
+                    at = (Ellipsis, keep) if name != "group_norm" else (slice(None), keep)
+                    sub = {k: (v[keep] if isinstance(v, torch.Tensor) and k in ("weight", "bias") else v)
+                           for k, v in a.items() if k != "input"}
+                    if name != "group_norm":
+                        sub["normalized_shape"] = (len(keep),)
+                    y = torch.zeros_like(func(*args, **kwargs))
+                    y[at] = func(x[at], **sub)
+                    return y
+            return func(*args, **kwargs)
+
+    forward = ref.forward
+
+    def masked_forward(*args, **kwargs):
+        with KeptNorms():
+            return forward(*args, **kwargs)
+
+    ref.forward = masked_forward
 
 
 @torch.no_grad()

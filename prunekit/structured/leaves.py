@@ -6,6 +6,7 @@ and records which slots its input channels (weight columns) and per-channel para
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -41,6 +42,48 @@ def _at_channel_dim(book, entries, cd):
     return on, passed
 
 
+def grouped_columns(book, on, g):
+    """Input channels of a grouped conv: channel ``i*n + q`` (conv group ``i``, ``n`` per
+    group) is read by weight column ``q`` of group ``i``'s rows, and dim 1 of the weight
+    is shared by all groups, so column ``q`` can only go for every group at once: the
+    ``g`` channels ``q, n+q, 2n+q...`` become one channel (with ``g`` positions upstream).
+    Returns the column slots, or None (frozen) when a group has a single column."""
+    n = len(on) // g
+    if n <= 1:
+        book.freeze(on)  # depthwise multiplier: removing a column would remove a whole group
+        return None
+    blocks = on.reshape(g, n)
+    for k in range(1, g):
+        book.join(blocks[0], blocks[k])
+    return blocks[0].copy()
+
+
+def conv_transpose(cap: Capture, name: str, mod, x, out, ents) -> None:
+    """``nn.ConvTranspose{1,2,3}d``: weight is ``(in, out/groups, *kernel)``, so input
+    channels are weight dim 0 and output channels weight dim 1 (and the bias). They are
+    recorded as sliced parameters; ``plan.apply_plan`` syncs ``in_channels``/``out_channels``.
+    Grouped: input channel ``c`` owns weight row ``c`` (groups must lose equally many),
+    output channel ``i*m + q`` of group ``i`` is column ``q`` of that group's rows, shared
+    across groups (see ``grouped_columns``)."""
+    book = cap.book
+    cd = 1 if x.dim() == len(mod.kernel_size) + 2 else 0
+    on, passed = _at_channel_dim(book, ents, cd)
+    g = mod.groups
+    if on is not None:
+        cap.record("param", f"{name}.weight", 0, on)
+        if g > 1:
+            cap.parts.append(list(on.reshape(g, -1)))
+    m = mod.out_channels // g
+    cols = cap.out_slots(name, m)
+    cap.record("param", f"{name}.weight", 1, cols)
+    if g > 1 and m == 1:
+        book.freeze(cols)
+    slots = np.tile(cols, g)
+    if mod.bias is not None:
+        cap.record("param", f"{name}.bias", 0, slots)
+    cap.set(out, passed + [((cd,), slots)])
+
+
 def opaque(cap: Capture, args, kwargs) -> None:
     for t in flat_tensors(list(args) + list(kwargs.values())):
         cap.freeze_tensor(t)
@@ -57,11 +100,11 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         opaque(cap, args, kwargs)
         return
-    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
-        opaque(cap, args, kwargs)  # transposed convs: weight layout (in, out/groups); kept whole
-        return
     ents = cap.get(x)
     book = cap.book
+    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+        conv_transpose(cap, name, mod, x, out, ents)
+        return
     spec = custom_norm(mod)
     if spec is not None:
         keep = []
@@ -93,9 +136,11 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
                 book.freeze(slots)
             cap.record("out", name, 0, slots, depthwise=True)
         else:
-            # grouped: keep the inputs, prune outputs equally in every conv group
+            # grouped: prune outputs equally in every conv group; inputs see grouped_columns
             if on is not None:
-                book.freeze(on)
+                col = grouped_columns(book, on, g)
+                if col is not None:
+                    cap.record("in", name, 1, col)
             slots = cap.out_slots(name, cout)
             cap.record("out", name, 0, slots)
             cap.parts.append(list(slots.reshape(g, -1)))

@@ -8,7 +8,9 @@ pruning) and are listed in ``Capture.unknown``.
 from __future__ import annotations
 
 from .capture import Capture, flat_tensors
-from .ops_contract import addmm, einsum, embedding_fn, linear_fn, matmul, sdpa
+from .ops_contract import addmm, conv_fn, einsum, embedding_fn, linear_fn, matmul, sdpa
+from .ops_norm import NORM_RULES
+from .ops_shuffle import SHUFFLE_RULES, track
 from .ops_index import cat, getitem, pad, setitem, split, stack
 from .ops_shape import POOL, elementwise, expand, first_only, permute, pool, reduce, repeat, softmax_like, view
 
@@ -65,6 +67,7 @@ def on_op(cap: Capture, raw: str, args, kwargs, out) -> None:
         for t in ins:
             cap.freeze_tensor(t)
         return
+    track(cap, "carry" if rule in (permute, first_only, view) else "use", ins, outs)
     res = rule(cap, name, args, kwargs, out)
     if res is None:
         return
@@ -77,5 +80,6 @@ RULES = {
     "split": split, "chunk": split, "tensor_split": split, "unbind": split, "split_with_sizes": split,
     "pad": pad, "repeat": repeat, "tile": repeat, "matmul": matmul, "rmatmul": matmul, "mm": matmul,
     "bmm": matmul, "einsum": einsum, "linear": linear_fn, "addmm": addmm, "embedding": embedding_fn,
-    "scaled_dot_product_attention": sdpa,
+    "scaled_dot_product_attention": sdpa, "conv1d": conv_fn, "conv2d": conv_fn, "conv3d": conv_fn,
+    **NORM_RULES, **SHUFFLE_RULES,
 }

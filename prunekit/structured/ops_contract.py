@@ -161,3 +161,56 @@ def sdpa(cap, name, args, kwargs, out):
     labels = bl + ["L", "F"]
     res = P.merge(cap.book, ops, labels)
     return [P.to_dims(res, labels) for _ in flat_tensors(out)]
+
+
+def conv_fn(cap, name, args, kwargs, out):
+    """``F.conv1d/2d/3d`` with a weight that a module holds, possibly transformed first
+    (weight standardisation): output channels are weight dim 0 (and the bias), input
+    channels weight dim 1. Statistics over a filter's fan-in (``w.std((1, 2, 3))``) keep
+    dim 0 and freeze dim 1, so such a conv's inputs stay and its outputs prune exactly."""
+    from .leaves import _at_channel_dim
+
+    x, w = args[0], _arg(args, kwargs, 1, "weight")
+    b = _arg(args, kwargs, 2, "bias")
+    g = int(_arg(args, kwargs, 6, "groups", 1))
+    if not isinstance(w, torch.Tensor) or x.dim() not in (w.dim(), w.dim() - 1):
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)
+        return [[]]
+    book = cap.book
+    cd = 1 if x.dim() == w.dim() else 0
+    on, passed = _at_channel_dim(book, cap.get(x), cd)  # positions are mixed by the kernel
+    w_out = w_in = None
+    for dims, arr in cap.get(w):
+        if dims == (0,):
+            w_out = arr
+        elif dims == (1,) and g == 1:
+            w_in = arr
+        else:
+            book.freeze(arr)  # kernel taps, and columns shared by conv groups
+    cout, cin = w.shape[0], x.shape[cd]
+    if g == 1:
+        if on is not None and w_in is not None:
+            book.join(on, w_in)
+        else:
+            for arr in (on, w_in):
+                if arr is not None:
+                    book.freeze(arr)
+    elif g == cin == cout and w.shape[1] == 1:
+        # depthwise: ``groups`` is a number passed in that would have to shrink with the channels
+        for arr in (on, w_out):
+            if arr is not None:
+                book.freeze(arr)
+    else:
+        if on is not None:
+            book.freeze(on)  # grouped: weight columns are shared by the conv groups; inputs kept
+        if w_out is not None:
+            cap.parts.append(list(w_out.reshape(g, -1)))
+    if isinstance(b, torch.Tensor):
+        for dims, arr in cap.get(b):
+            if w_out is not None and dims == (0,):
+                book.join(w_out, arr)
+            else:
+                book.freeze(arr)
+    res = passed + ([((cd,), w_out)] if w_out is not None else [])
+    return [res for _ in flat_tensors(out)]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from . import ops_shuffle as shuffle
 from . import propagate as P
 from .capture import flat_tensors
 from .ops_common import _arg, _dim, _tensors
@@ -48,10 +49,13 @@ def view(cap, name, args, kwargs, out):
     def on_split(ent):
         dims, arr = ent
         rows = arr.reshape(-1, arr.shape[-1])
-        cap.ties.append((cap.where(), rows, arr.shape[-2]))
+        tie = (cap.where(), rows, arr.shape[-2])
+        cap.ties.append(tie)
         cap.book.tie(rows)
+        shuffle.on_split(cap, o, tie, arr)  # maybe a channel shuffle: untied if merged back
 
     res = P.reshape(cap.book, cap.get(x), tuple(x.shape), tuple(o.shape), on_split)
+    shuffle.merged(cap, x, res)
     if name in ("view", "reshape") and o.dim() == x.dim() + 1 and o.dim() >= 3 and o.shape[-2] == 1:
         # (..., D) -> (..., 1, D): a split into one head of hard-coded size D; the head can
         # only go whole (and a lone head cannot go at all)

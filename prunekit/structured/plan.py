@@ -65,6 +65,7 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
             mod._parameters[attr] = nn.Parameter(new, requires_grad=t.requires_grad)
         else:
             mod._buffers[attr] = new
+    _sync_sizes(model, plan)
     for name, attrs in plan.get("attrs", {}).items():
         mod = model.get_submodule(name) if name else model
         for k, v in attrs.items():
@@ -78,6 +79,16 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
             setattr(mod, k, tuple(v) if k == "normalized_shape" else v)
     _compose(model, plan)
     return model
+
+
+def _sync_sizes(model: nn.Module, plan: dict) -> None:
+    """Size attributes of modules sliced as plain parameters (transposed convs), read back
+    from their weights so that ``repr`` and code reading ``out_channels`` see the slim width."""
+    for owner in {s["tensor"].rpartition(".")[0] for s in plan["slices"] if not s.get("virtual")}:
+        mod = model.get_submodule(owner) if owner else model
+        if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+            mod.in_channels = mod.weight.shape[0]
+            mod.out_channels = mod.weight.shape[1] * mod.groups
 
 
 def _compose(model: nn.Module, plan: dict) -> None:
