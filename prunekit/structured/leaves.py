@@ -42,6 +42,11 @@ def _at_channel_dim(book, entries, cd):
     return on, passed
 
 
+def _reparametrized(mod) -> bool:
+    """The weight is computed (``parametrize``, old-style ``weight_norm``), not stored."""
+    return bool(getattr(mod, "parametrizations", None)) or hasattr(mod, "weight_g")
+
+
 def grouped_columns(book, on, g):
     """Input channels of a grouped conv: channel ``i*n + q`` (conv group ``i``, ``n`` per
     group) is read by weight column ``q`` of group ``i``'s rows, and dim 1 of the weight
@@ -137,7 +142,9 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
             cap.record("out", name, 0, slots, depthwise=True)
         else:
             # grouped: prune outputs equally in every conv group; inputs see grouped_columns
-            if on is not None:
+            if on is not None and _reparametrized(mod):
+                book.freeze(on)  # weight norm over the columns (wav2vec2 pos_conv): slicing them changes it
+            elif on is not None:
                 col = grouped_columns(book, on, g)
                 if col is not None:
                     cap.record("in", name, 1, col)
