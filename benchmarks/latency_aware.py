@@ -11,6 +11,7 @@ would). ONNX Runtime is the second backend (``--ort``; planning and timing both 
     .venv/bin/python benchmarks/latency_aware.py            # default: ~15 min on one thread
     .venv/bin/python benchmarks/latency_aware.py --ort      # adds the ONNX Runtime rows (batch 1)
     .venv/bin/python benchmarks/latency_aware.py --full     # ResNet-18 at 224 px, more rounds
+    .venv/bin/python benchmarks/latency_aware.py --planning # planning time, BERT-base size and ResNet-56
 
 Writes benchmarks/results/latency_aware.json and prints a Markdown table.
 """
@@ -46,6 +47,40 @@ def bert(batch):
     return net, {"input_ids": torch.randint(0, 1000, (batch, 64))}
 
 
+def bert_base(batch, seq=128):
+    """BERT-base dimensions (768 hidden, 12 layers, 12 heads, 3072 FFN), random weights."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=30522, max_position_embeddings=512, num_labels=2)
+    return T.BertForSequenceClassification(cfg).eval(), {"input_ids": torch.randint(0, 30522, (batch, seq))}
+
+
+def planning(out):
+    """Issue 10's planning-time target: < 2 min for ResNet-56 and a BERT-base-sized model,
+    with the table measured fresh and then reused from the cache (one thread)."""
+    torch.set_num_threads(1)
+    cases = {"resnet56 b64": lambda: (models.build("resnet56", 3, 32, 10).eval(), torch.randn(64, 3, 32, 32)),
+             "bert-base b1 seq128": lambda: bert_base(1)}
+    rows = []
+    for name, make in cases.items():
+        torch.manual_seed(0)
+        net, x = make()
+        cache = tempfile.mkdtemp(prefix="latency-tables-")
+        for run in ("fresh table", "cached table"):
+            t0 = time.perf_counter()
+            s = latency_slim(net, x, speedup=2.0, threads=1, cache_dir=cache)
+            rep = latency_report(s)
+            rows.append({"model": name, "run": run, "planning_s": time.perf_counter() - t0,
+                         "achieved": rep["achieved"], "iterations": len(rep["iterations"]),
+                         "table_cached": rep["table_cached"]})
+            print(f"[{name}] {run}: planning {rows[-1]['planning_s']:.0f}s, achieved {rep['achieved']:.2f}x "
+                  f"(requested 2x, {len(rep['iterations'])} iterations)", flush=True)
+            atomic_write_json(out, {"rows": rows, "threads": 1, "requested": 2.0, "torch": torch.__version__})
+    return rows
+
+
 def specs(full):
     r18 = 224 if full else 64
     img = lambda c, s: (lambda b: torch.randn(b, c, s, s))  # noqa: E731
@@ -66,8 +101,13 @@ def main(argv=None):
     ap.add_argument("--ort", action="store_true", help="also plan and time on ONNX Runtime (batch 1)")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--rounds", type=int, default=None, help="independent timing rounds (default 7, --full 15)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/latency_aware.json"))
+    ap.add_argument("--planning", action="store_true", help="only the planning-time runs (BERT-base, ResNet-56)")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/latency_aware.json "
+                                                "(--planning: latency_planning.json)")
     args = ap.parse_args(argv)
+    if args.planning:
+        return planning(args.out or str(ROOT / "benchmarks/results/latency_planning.json"))
+    args.out = args.out or str(ROOT / "benchmarks/results/latency_aware.json")
     torch.set_num_threads(1)
     rounds = args.rounds or (15 if args.full else 7)
     all_specs = specs(args.full)

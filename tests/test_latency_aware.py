@@ -218,3 +218,67 @@ def test_runner_runs_the_latency_aware_method(tmp_path):
     s = run_experiment(load_config(str(p)), progress=False, log=lambda *a: None)
     (row,) = s["results"]
     assert row["method"] == "l1-latency" and row["kind"] == "structured" and row["params"] < s["dense"]["params"]
+
+
+def test_latency_accuracy_benchmark_runs_on_a_tiny_slice(tmp_path):
+    """The accuracy-at-equal-latency benchmark end to end on a tiny slice: every method gets a
+    row with a measured speed-up from the shared side-by-side timing and the same budget."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_accuracy.py"
+    out = tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, str(script), "--n-train", "600", "--seeds", "0", "--speedups", "1.2",
+                        "--batch", "4", "--fast-timing", "--parts", str(tmp_path / "parts"), "--out", str(out),
+                        "--dense-cache", str(tmp_path / "dense")], capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert {row["method"] for row in res["rows"]} == {"latency-aware", "uniform-l1", "global-l1"}
+    assert len({row["budget_steps"] for row in res["rows"]}) == 1  # equal fine-tune budgets
+    assert all(row["measured_speedup"] > 0 and row["params"] < row["params_dense"] for row in res["rows"])
+    assert res["dense"] and res["summary"][0]["n"] == 1
+
+
+def test_tpp_and_orthp_in_the_runner_prune_the_latency_aware_selection(tmp_path, monkeypatch):
+    """``selection: latency`` through the path users run: the slim model the runner reports has
+    exactly the widths of the latency-aware plan for 1 / (1 - target), computed independently
+    here on the runner's own dense weights (timing replaced by a fixed FLOPs 'machine')."""
+    import yaml
+
+    from prunekit.foundations.io import load_tensors
+    from prunekit.metrics import count_params, flops
+    from prunekit.runner import load_config, run_experiment
+
+    def fake(ms, inputs, **kw):
+        f = {k: flops(m, inputs)["dense"] for k, m in ms.items()}
+        return {k: v / max(f.values()) for k, v in f.items()}
+
+    import prunekit.metrics.latency as lat
+
+    monkeypatch.setattr(lat, "compare_latency", fake)
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    tpp_opts = {"selection": "latency", "preset": "demo", "delta": 0.5, "stabilise": 4, "zero_every": 1}
+    cfg = {"name": "lat", "dataset": "synthetic", "dataset_options": {"shape": [1, 8, 8], "n_train": 64,
+                                                                       "n_test": 32},
+           "model": "resnet20", "pretrain": {"epochs": 1}, "finetune": {"epochs": 1},
+           "methods": [{"name": "tpp", "targets": [0.5], "options": tpp_opts},
+                       {"name": "l1-orthp", "targets": [0.5], "options": {"selection": "latency"}}],
+           "out_dir": str(tmp_path / "run")}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    s = run_experiment(load_config(str(p)), progress=False, log=lambda *a: None)
+    dense = models.build("resnet20", 1, 8, 10)
+    (run_dir,) = [d for d in (tmp_path / "run").iterdir() if d.is_dir()]
+    dense.load_state_dict(load_tensors(run_dir / "dense.safetensors")[0])
+    x = torch.randn(1, 1, 8, 8)
+    plan, groups, rep = la.latency_plan(dense.eval(), x, speedup=2.0, cache_dir=tmp_path / "c2")
+    want = count_params(prunekit.structured.slim_with_plan(dense, x, plan, groups=groups))
+    l1 = count_params(prunekit.slim(dense, x, 0.5))
+    rows = {r["method"]: r for r in s["results"]}
+    assert rows["tpp"]["params"] == want == rows["l1-orthp"]["params"] and want != l1
+    with pytest.raises(Exception, match="selection must be one of l1, latency"):
+        cfg["methods"] = [{"name": "tpp", "targets": [0.5], "options": {"selection": "flops"}}]
+        p.write_text(yaml.safe_dump(cfg))
+        load_config(str(p))

@@ -24,7 +24,7 @@ from ..training import Callback, train
 from .base import PruningMethod
 from .registry import register
 from .tpp import PRESETS, phase_hparams
-from .tpp_schedule import PlanRows, RegSchedule, SelectHparams, groups_of, l1_plan, ratios_for, slim_by_plan
+from .tpp_schedule import PlanRows, RegSchedule, PlanHparams, groups_of, selection_plan, ratios_for, slim_by_plan
 
 
 class GrowingL2(Callback):
@@ -50,7 +50,7 @@ class GrowingL2(Callback):
 
 
 @dataclass
-class GRegHparams(SelectHparams):
+class GRegHparams(PlanHparams):
     preset: str = hp("demo", f"Schedule preset (TPP's): {', '.join(PRESETS)}.", choices=tuple(PRESETS))
     stabilise: int | None = hp(None, "Iterations holding reg at the ceiling before removal (None: preset's).")
     pick_ceiling: float = hp(0.1, "GReg-2 only: reg ceiling of the uniform picking phase.")
@@ -95,7 +95,7 @@ class GReg1(_GReg):
     def prune(self, model, target, ctx):
         model = self.copy(model)
         groups = groups_of(model, ctx.example_inputs)
-        return self._greg1(model, groups, l1_plan(model, groups, target, self.hp), ctx)
+        return self._greg1(model, groups, selection_plan(model, groups, target, self.hp, ctx.data), ctx)
 
 
 @register
@@ -110,4 +110,4 @@ class GReg2(_GReg):
         h = self.hp
         pick = RegSchedule.reaching(h.pick_ceiling, h.pick_iters, h.schedule.every)
         self._phase(model, ctx, PlanRows(model, groups, everything), pick, h.pick_iters)
-        return self._greg1(model, groups, l1_plan(model, groups, target, self.hp), ctx)
+        return self._greg1(model, groups, selection_plan(model, groups, target, self.hp, ctx.data), ctx)

@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..foundations.hparams import hp
 from .base import PruningMethod
 from .registry import register
-from .tpp_schedule import SelectHparams, groups_of, l1_plan, slim_by_plan
+from .tpp_schedule import PlanHparams, groups_of, selection_plan, slim_by_plan
 
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -53,7 +53,7 @@ def orthogonalize_(model: nn.Module, gain: float | None = None) -> nn.Module:
 
 
 @dataclass
-class OrthPHparams(SelectHparams):
+class OrthPHparams(PlanHparams):
     gain: float | None = hp(None, "Activation gain (None: sqrt(2) if the net has ReLU, else 1).")
 
 
@@ -67,5 +67,5 @@ class L1OrthP(PruningMethod):
     def prune(self, model, target, ctx):
         model = self.copy(model)
         groups = groups_of(model, ctx.example_inputs)
-        slim = slim_by_plan(model, ctx.example_inputs, l1_plan(model, groups, target, self.hp), groups)
+        slim = slim_by_plan(model, ctx.example_inputs, selection_plan(model, groups, target, self.hp, ctx.data), groups)
         return orthogonalize_(slim, self.hp.gain)

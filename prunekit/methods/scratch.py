@@ -18,11 +18,11 @@ from ..foundations.hparams import hp
 from ..training import train
 from .base import PruningMethod
 from .registry import register
-from .tpp_schedule import SelectHparams, groups_of, l1_plan, slim_by_plan
+from .tpp_schedule import PlanHparams, groups_of, selection_plan, slim_by_plan
 
 
 @dataclass
-class ScratchHparams(SelectHparams):
+class ScratchHparams(PlanHparams):
     budget: str = hp("pretrain", "pretrain: train with the dense model's hyperparameters; finetune: with the "
                                  "fine-tuning ones.", choices=("pretrain", "finetune"))
 
@@ -51,7 +51,7 @@ class Scratch(PruningMethod):
 
     def prune(self, model, target, ctx):
         groups = groups_of(model, ctx.example_inputs)
-        plan = l1_plan(model, groups, target, self.hp)
+        plan = selection_plan(model, groups, target, self.hp, ctx.data)
         return fresh_slim(model, plan, groups, ctx, ctx.seed + 1)
 
     def finetune(self, model, ctx):

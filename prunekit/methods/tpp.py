@@ -53,7 +53,7 @@ from ..training import Callback, TrainHparams, train
 from ..training.progress import subphase
 from .base import PruningMethod
 from .registry import register
-from .tpp_schedule import PlanRows, RegSchedule, SelectHparams, groups_of, l1_plan, slim_by_plan
+from .tpp_schedule import PlanHparams, PlanRows, RegSchedule, groups_of, l1_plan, selection_plan, slim_by_plan
 
 PRESETS = {
     "paper": {"delta": 1e-4, "every": 10, "ceiling": 1.0, "stabilise": 10000, "zero_every": 100},
@@ -82,7 +82,7 @@ def gram_penalty(weight: torch.Tensor, pruned_mask: torch.Tensor) -> torch.Tenso
 
 
 @dataclass
-class TPPHparams(SelectHparams):
+class TPPHparams(PlanHparams):
     preset: str = hp("demo", f"Schedule preset filling fields left at None: {', '.join(PRESETS)}.", choices=tuple(PRESETS))
     delta: float | None = hp(None, "reg grows by delta every `every` iterations (paper 1e-4).")
     every: int | None = hp(None, "Iterations between reg increments (paper 10 on CIFAR).")
@@ -239,7 +239,9 @@ class TPP(PruningMethod):
     Hparams = TPPHparams
 
     def regularizer(self, model, target, ctx) -> TPPRegularizer:
-        return TPPRegularizer(model, ctx.example_inputs, target, self.hp)
+        groups = groups_of(model, ctx.example_inputs)
+        plan = selection_plan(model, groups, target, self.hp, ctx.data)
+        return TPPRegularizer(model, ctx.example_inputs, target, self.hp, groups=groups, plan=plan)
 
     def regularise(self, model, target, ctx) -> TPPRegularizer:
         """Run the regularisation + stabilise phases on ``model`` IN PLACE; returns the finished

@@ -165,6 +165,50 @@ def l1_plan(model: nn.Module, groups, ratio: float, sel: SelectHparams | None = 
     return plan
 
 
+@dataclass
+class PlanHparams(SelectHparams):
+    """SelectHparams plus the choice of selection rule, for the methods that prune a fixed plan
+    (TPP, OrthP, GReg, Scratch)."""
+
+    selection: str = hp("l1", "How the pruned channels are chosen. l1: the target is the pruning ratio and "
+                              "each selected layer loses its smallest-L1 filters (the papers). latency: the target "
+                              "is the fraction of measured latency removed (0.5 = twice as fast on this machine) "
+                              "and the latency-aware planner allocates widths over every prunable group "
+                              "(structured.latency_aware; layers/layer_ratios/skip are not used).",
+                        choices=("l1", "latency"))
+    latency_batch: int = hp(1, "Batch size at which latency is measured when selection is latency.")
+
+
+def _group_key(g) -> tuple:
+    return tuple(g.members), g.size, g.unit
+
+
+def selection_plan(model: nn.Module, groups, target: float, sel, data=None) -> dict[int, torch.Tensor]:
+    """The method's removal plan over ``groups``: TPP's L1 choice at ratio ``target``, or, with
+    ``sel.selection == "latency"``, the latency-aware plan for a speed-up of 1 / (1 - target)
+    measured at ``sel.latency_batch`` (one thread, torch eager)."""
+    if getattr(sel, "selection", "l1") != "latency":
+        return l1_plan(model, groups, target, sel)
+    from ..structured.latency_aware import latency_plan
+
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"selection 'latency': the target is the fraction of latency removed, in (0, 1); "
+                         f"got {target}")
+    if data is None:
+        raise ValueError("selection 'latency' needs the data (example inputs at latency_batch)")
+    plan, lgroups, _ = latency_plan(model, data.example_inputs(sel.latency_batch), 1.0 / (1.0 - target), threads=1)
+    # the planner traced another batch size: its groups are the same channels, matched by layers
+    by_key = {_group_key(g): g for g in groups}
+    by_id = {g.id: g for g in lgroups}
+    out = {}
+    for gid, idx in plan.items():
+        g = by_key.get(_group_key(by_id[gid]))
+        if g is None:
+            raise ValueError(f"latency-aware group {by_id[gid].name!r} has no counterpart in the method's groups")
+        out[g.id] = idx
+    return out
+
+
 def groups_of(model: nn.Module, example_inputs, ignore=()):
     from ..structured import channel_groups
 

@@ -1,0 +1,235 @@
+"""Accuracy at equal measured latency: latency-aware allocation vs uniform and global L1.
+
+Issue 10's accuracy question: when three structured methods are made *equally fast on this
+machine*, which keeps the most accuracy after the same fine-tuning? Per seed:
+
+1. the dense ResNet-20 (option A) on MNIST-1D (18,000 train / 2,000 val / 5,000 test; the
+   dense models of ``espn_resnet.py``, same recipe, reused from its cache when present);
+2. **latency-aware** L1 (``slim(speedup=s)``) plans to a measured speed-up s at batch 64,
+   one thread, torch eager; its own verified speed-up is the latency every method must hit;
+3. **uniform L1** (every group loses the same fraction) and **global L1** (channels ranked
+   across groups on mean-normalised L1, the allocation a FLOPs target gives) each get the
+   ratio whose *measured* speed-up is closest to it, by bisection on measured latency;
+4. the three slim models are timed once more side by side (interleaved rounds, CPU clock,
+   medians) and the measured speed-ups are reported with the accuracies;
+5. each is fine-tuned with the same fixed recipe (below) for the same number of steps.
+
+Nothing is tuned on accuracy: the speed-ups, the fine-tune recipe and the bisection rule are
+fixed here before the run. Accuracy columns: final epoch, test at the epoch chosen on
+validation (headline), best epoch on test (optimistic, shown only for comparison).
+
+    .venv/bin/python benchmarks/latency_accuracy.py                 # 3 seeds x 2/3/4x (~25 min, 1 thread)
+    .venv/bin/python benchmarks/latency_accuracy.py --seeds 0 --speedups 2
+    .venv/bin/python benchmarks/latency_accuracy.py --merge         # table + JSON from the parts
+
+Parts: benchmarks/results/latency_accuracy/*.json; merged: benchmarks/results/latency_accuracy.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from budget import Budget, atomic_write_json, steps_per_epoch  # noqa: E402
+from espn_resnet import FAST as ESPN_FAST  # noqa: E402
+from espn_resnet import dense_model, load_data  # noqa: E402
+
+from prunekit.metrics import count_params, flops  # noqa: E402
+from prunekit.metrics.latency import compare_latency  # noqa: E402
+from prunekit.structured import channel_groups, slim  # noqa: E402
+from prunekit.structured.latency_aware import UnreachableSpeedupError, latency_report, latency_slim  # noqa: E402
+from prunekit.training import TrainHparams, train  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CFG = {
+    **{k: ESPN_FAST[k] for k in ("name", "model", "model_options", "data", "dense")},
+    "latency": {"batch": 64, "threads": 1, "backend": "torch", "bisect_iters": 7, "bisect_rounds": 5,
+                "final_rounds": 9},
+    # fine-tune recipe, identical for every method; fixed before the run (the TPP ResNet
+    # benchmark's larger fine-tune LR, cosine, the ESPN ResNet benchmark's 5 extra epochs)
+    "finetune": {"epochs": 5, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                 "schedule": "cosine"},
+    "speedups": [2.0, 3.0, 4.0],
+    "seeds": [0, 1, 2],
+    "methods": ["latency-aware", "uniform-l1", "global-l1"],
+}
+
+
+def measured_speedup(dense, slim_model, x, rounds) -> float:
+    t = compare_latency({"dense": dense, "slim": slim_model}, x, num_threads=1, rounds=rounds, min_run_time=0.05)
+    return t["dense"] / t["slim"]
+
+
+def match_latency(dense, x, groups, mode, target, iters, rounds, log):
+    """The ratio (uniform or global L1) whose measured speed-up is closest to ``target``:
+    bisection on measured latency (speed-up grows with the ratio), closest probe kept."""
+    lo, hi, best = 0.0, 0.97, None
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        m = slim(dense, x, mid, criterion="l1", mode=mode, groups=groups).eval()
+        sp = measured_speedup(dense, m, x, rounds)
+        if best is None or abs(sp / target - 1) < abs(best[1] / target - 1):
+            best = (mid, sp, m)
+        log(f"    {mode} ratio {mid:.3f}: {sp:.2f}x (target {target:.2f}x)")
+        lo, hi = (mid, hi) if sp < target else (lo, mid)
+    return best
+
+
+def finetune(net, data, cfg, seed):
+    hp = TrainHparams(**cfg["finetune"], seed=seed)
+    return train(net, data, hp, progress=False)
+
+
+def run_seed_speedup(cfg, seed, speedup, data, dense, cache_dir, log) -> list[dict]:
+    lat = cfg["latency"]
+    dense = dense.eval()
+    x = data.train.x[: lat["batch"]].clone()
+    t0 = time.perf_counter()
+    la = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir)
+    rep = latency_report(la)
+    target = rep["achieved"]
+    log(f"  [s{seed} {speedup}x] latency-aware achieved {target:.2f}x in {time.perf_counter() - t0:.0f}s")
+    groups = channel_groups(dense, x)
+    slims = {"latency-aware": (la, None)}
+    for method, mode in (("uniform-l1", "uniform"), ("global-l1", "global")):
+        r, _, m = match_latency(dense, x, groups, mode, target, lat["bisect_iters"], lat["bisect_rounds"], log)
+        slims[method] = (m, r)
+    # one side-by-side measurement of all of them: the latency the table reports
+    t = compare_latency({"dense": dense, **{k: v[0] for k, v in slims.items()}}, x, num_threads=1,
+                        rounds=lat["final_rounds"], min_run_time=0.05)
+    f_dense = flops(dense, x)["dense"]
+    spe = steps_per_epoch(data, cfg["finetune"]["batch_size"])
+    rows = []
+    for method, (m, ratio) in slims.items():
+        net = copy.deepcopy(m).train()
+        t1 = time.perf_counter()
+        res = finetune(net, data, cfg, seed)
+        b = Budget(spe).add("dense", cfg["dense"]["epochs"] * steps_per_epoch(data, cfg["dense"]["batch_size"]))
+        b.add("finetune", res.steps)
+        rows.append({"setup": cfg["name"], "method": method, "requested_speedup": speedup, "seed": seed,
+                     "ratio": ratio, "measured_speedup": t["dense"] / t[method], "dense_ms": t["dense"],
+                     "slim_ms": t[method], "flops_reduction": f_dense / flops(m, x)["dense"],
+                     "params": count_params(m), "params_dense": count_params(dense),
+                     "final_acc": res.final_test_acc, "val_selected_acc": res.test_at_best_val,
+                     "best_acc": res.best_test_acc, "best_val_acc": res.best_val_acc,
+                     "planner_achieved": target if method == "latency-aware" else None,
+                     "widths": ({k: v["kept"] for k, v in rep["allocation"].items()}
+                                if method == "latency-aware" else None),
+                     **b.record(), "seconds": round(time.perf_counter() - t1, 1)})
+        log(f"  [s{seed} {speedup}x] {method}: {rows[-1]['measured_speedup']:.2f}x measured, "
+            f"val-sel {res.test_at_best_val:.4f} final {res.final_test_acc:.4f}")
+    return rows
+
+
+def part_path(out_dir, cfg, seed, speedup) -> Path:
+    return out_dir / f"{cfg['name']}_s{seed}_{speedup:g}x.json"
+
+
+def summarise(rows, methods=CFG["methods"]) -> list[dict]:
+    out = []
+    keys = sorted({(r["requested_speedup"], r["method"]) for r in rows},
+                  key=lambda k: (k[0], methods.index(k[1])))
+    for sp, method in keys:
+        rs = [r for r in rows if r["requested_speedup"] == sp and r["method"] == method]
+
+        def ms(field, scale=100.0):
+            v = [r[field] * scale for r in rs]
+            return [statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0]
+
+        out.append({"requested_speedup": sp, "method": method, "n": len(rs), "final_acc": ms("final_acc"),
+                    "val_selected_acc": ms("val_selected_acc"), "best_acc": ms("best_acc"),
+                    "measured_speedup": ms("measured_speedup", 1.0), "flops_reduction": ms("flops_reduction", 1.0),
+                    "params": ms("params", 1.0), "budget_steps": rs[0]["budget_steps"]})
+    return out
+
+
+def markdown(summary) -> str:
+    f = lambda v, d=2: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
+    lines = ["| requested | method | n | measured speed-up | FLOPs red. | params | final epoch % "
+             "| test @ val-chosen epoch % | best epoch on test % (as papers report) | budget steps |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(f"| {s['requested_speedup']:g}x | {s['method']} | {s['n']} | {f(s['measured_speedup'])}x "
+                     f"| {f(s['flops_reduction'])}x | {s['params'][0]:,.0f} | {f(s['final_acc'])} "
+                     f"| {f(s['val_selected_acc'])} | {f(s['best_acc'])} | {s['budget_steps']} |")
+    return "\n".join(lines)
+
+
+def merge(out_dir: Path, out_json: Path) -> dict:
+    import json
+
+    rows, dense, unreachable = [], [], []
+    for p in sorted(out_dir.glob("*.json")):
+        part = json.loads(p.read_text())
+        if "unreachable" in part:
+            unreachable.append({"part": p.name, "error": part["unreachable"]})
+        for r in part["rows"]:
+            (dense if r.get("method") == "dense" else rows).append(r)
+    summary = summarise(rows) if rows else []
+    result = {"benchmark": "latency_accuracy", "config": CFG, "dense": dense, "rows": rows, "summary": summary,
+              "unreachable": unreachable,
+              "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    atomic_write_json(out_json, result)
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", nargs="*", type=int, default=CFG["seeds"])
+    ap.add_argument("--speedups", nargs="*", type=float, default=CFG["speedups"])
+    ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")
+    ap.add_argument("--n-train", type=int, default=None, help="smaller MNIST-1D (tests); default the protocol's")
+    ap.add_argument("--batch", type=int, default=None, help="latency batch size (tests); default 64")
+    ap.add_argument("--fast-timing", action="store_true", help="fewest timing rounds (tests only)")
+    ap.add_argument("--parts", default=str(RESULTS / "latency_accuracy"))
+    ap.add_argument("--out", default=str(RESULTS / "latency_accuracy.json"))
+    ap.add_argument("--dense-cache", default=str(ROOT / "runs" / "espn_resnet_dense"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    out_dir = Path(args.parts)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if not args.merge:
+        cfg = copy.deepcopy(CFG)
+        if args.n_train:
+            cfg["data"]["n_train"] = args.n_train
+            cfg["name"] += f"-n{args.n_train}"
+            cfg["dense"]["epochs"] = 1
+        if args.batch:
+            cfg["latency"]["batch"] = args.batch
+        if args.fast_timing:
+            cfg["latency"].update(bisect_iters=2, bisect_rounds=1, final_rounds=1)
+            cfg["finetune"]["epochs"] = 1
+        cache_dir = tempfile.mkdtemp(prefix="latency-tables-")  # one table per run, shared by the seeds
+        for seed in args.seeds:
+            data = load_data(cfg, seed)
+            dense, _, dense_row = dense_model(cfg, seed, data, out_dir, log, cache_dir=args.dense_cache)
+            atomic_write_json(out_dir / f"{cfg['name']}_s{seed}_dense.json", {"rows": [dense_row]})
+            for sp in args.speedups:
+                p = part_path(out_dir, cfg, seed, sp)
+                if p.exists():
+                    log(f"  [s{seed} {sp}x] done earlier: {p.name}")
+                    continue
+                try:
+                    rows = run_seed_speedup(cfg, seed, sp, data, dense, cache_dir, log)
+                except UnreachableSpeedupError as e:  # a result too: this speed-up is not on offer here
+                    log(f"  [s{seed} {sp}x] {e}")
+                    atomic_write_json(p, {"rows": [], "unreachable": str(e)})
+                    continue
+                atomic_write_json(p, {"rows": rows})  # each part as soon as it is done: a stopped run keeps it
+    result = merge(out_dir, Path(args.out))
+    print(markdown(result["summary"]))
+    return result
+
+
+if __name__ == "__main__":
+    main()
