@@ -76,8 +76,8 @@ def run(config: Optional[str] = typer.Argument(None, help="Experiment YAML; omit
 
 
 @app.command()
-def prune(out: str = typer.Option(..., help="Output directory: plan.json + model.safetensors (+ config.json for "
-                                              "HF models with uniform widths), report.md, report.json."),
+def prune(out: Optional[str] = typer.Option(None, help="Output directory: plan.json + model.safetensors (+ config.json "
+                                                       "for HF models with uniform widths), report.md, report.json."),
           model: Optional[str] = typer.Option(None, help="Your model as an import path module:factory "
                                                            "(the factory takes no arguments)."),
           hf: Optional[str] = typer.Option(None, help="A HuggingFace model directory (or its config.json)."),
@@ -95,12 +95,19 @@ def prune(out: str = typer.Option(..., help="Output directory: plan.json + model
           onnx: bool = typer.Option(False, help="Also export model.onnx, verified in ONNX Runtime."),
           force: bool = typer.Option(False, help="Replace an existing --out directory."),
           threads: int = typer.Option(1, min=1, help="CPU threads for pruning and timing."),
-          debug: bool = typer.Option(False, help="Show tracebacks.")):
+          debug: bool = typer.Option(False, help="Show tracebacks."),
+          explain: bool = typer.Option(False, help="Print which channel groups are prunable and why the others are "
+                                                   "frozen, then exit without pruning.")):
     """Slim your own model (or a HuggingFace one) and write it with a before/after report."""
-    from .deploy.pipeline import PruneError, prune_to_dir
+    from .deploy.pipeline import PruneError, explain_model, prune_to_dir
     from .foundations.io import CheckpointError
 
     try:
+        if explain:
+            explain_model(model, hf, checkpoint, input_shape, inputs, ignore, log=typer.echo)
+            return
+        if out is None:
+            raise PruneError("--out is required (or pass --explain to only print the channel-group table)")
         prune_to_dir(out, model, hf, checkpoint, input_shape, inputs, criterion, ratio, flops_reduction, speedup,
                      ignore, uniform_layers, onnx, force, threads, log=typer.echo)
     except (PruneError, CheckpointError) as e:

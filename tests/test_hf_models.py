@@ -190,10 +190,14 @@ def test_slim_hf_architecture(name):
 
 def test_hard_coded_width_gives_a_clear_error_naming_the_fix():
     # SegFormer's classifier reshapes with config.hidden_sizes[-1]: the slimmed model cannot
-    # run, and slim must say so (naming ignore=) instead of returning a broken model.
+    # run: strict slim must say so (naming ignore=) instead of returning a broken model, and
+    # the default slim freezes the groups involved (its last stage) and returns an exact model.
     model, inputs = _case("segformer")
     with pytest.raises(RuntimeError, match="ignore="):
-        slim(model, inputs, 0.5)
+        slim(model, inputs, 0.5, strict=True)
+    s = slim(model, inputs, 0.5)
+    assert check_exact(model, s, inputs=inputs) <= 1e-4 * max(1.0, _main_output(model(**inputs)).abs().max().item())
+    assert _params(s) < _params(model)
 
 
 @pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "regnet"])

@@ -137,6 +137,23 @@ def example_inputs(model, input_shape: str | None, inputs_file: str | None, is_h
     raise PruneError("give --input-shape (e.g. 1,3,224,224) or --inputs FILE.safetensors")
 
 
+def explain_model(model_spec: str | None = None, hf: str | None = None, checkpoint: str | None = None,
+                  input_shape: str | None = None, inputs_file: str | None = None, ignore=(), log=print):
+    """``prunekit prune --explain``: the channel-group coverage table, nothing pruned or written."""
+    from ..structured import explain
+    from .hf import is_hf
+
+    model = load_model(model_spec, hf, checkpoint)
+    x = example_inputs(model, input_shape, inputs_file, is_hf(model))
+    try:
+        e = explain(model, x, ignore=tuple(ignore))
+    except Exception as err:  # noqa: BLE001 - a model that cannot be traced is a user error here
+        raise PruneError(f"cannot analyse the model on {_describe(x)}: {type(err).__name__}: "
+                         f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
+    log(e.to_markdown())
+    return e
+
+
 def prune_to_dir(out: str, model_spec: str | None = None, hf: str | None = None, checkpoint: str | None = None,
                  input_shape: str | None = None, inputs_file: str | None = None, criterion: str = "l1",
                  ratio: float | None = None, flops_reduction: float | None = None, speedup: float | None = None,
@@ -189,6 +206,10 @@ def prune_to_dir(out: str, model_spec: str | None = None, hf: str | None = None,
               "params": {"dense": count_params(model), "slim": count_params(s)},
               "flops": {"dense": f0, "slim": f1, "reduction": f0 / max(f1, 1)},
               "exactness_max_abs_error": err, "latency_ms": {}, "threads": threads, "inputs": _describe(x)}
+    from ..structured import slim_report
+
+    if slim_report(s) is not None:  # groups slim froze because the slim model failed validation
+        report["frozen_by_validation"] = slim_report(s)["frozen"]
     if latency_report(s) is not None:
         lr = latency_report(s)
         report["latency_aware"] = {k: lr[k] for k in ("requested", "achieved", "backend", "iterations",

@@ -5,6 +5,9 @@ Public API::
     groups = channel_groups(model, example_inputs, ignore=())     # coupled channel groups
     slim_model = slim(model, example_inputs, ratio=0.5, criterion="l1", round_to=1)
     slim_model = slim_with_plan(model, example_inputs, {group_id: LongTensor(removed)}, groups)
+    slim_report(slim_model)        # groups slim froze because the slim model failed validation
+    slim(model, Examples([inputs_a, inputs_b]), ratio=0.5)          # prunable on every input
+    print(explain(model, example_inputs))                          # which groups are frozen, and why
     err = check_exact(model, slim_model, inputs=example_inputs)    # < 1e-5 when correct
     save_pruned(slim_model, "dir"); m = load_pruned("dir", fresh_model)
 
@@ -38,7 +41,10 @@ every output row of every nn.Conv*/Linear is in exactly one group (transposed co
 functional convs appear in ``params``, their frozen rows in no group).
 """
 from .capture import TraceError
+from .examples import Examples, several
 from .exactness import check_exact, reference_model
+from .explain import Explanation, explain
+from .fallback import slim_report
 from .groups import ChannelGroup, channel_groups
 from .importance import CRITERIA, group_scores, register_criterion
 from .plan import apply_plan, get_plan
@@ -47,6 +53,6 @@ from .prune import slim
 from .saveload import load_pruned, save_pruned
 from .slim import removal_plan, slim_with_plan
 
-__all__ = ["CRITERIA", "ChannelGroup", "TraceError", "apply_plan", "channel_groups", "check_exact", "get_plan",
-           "group_scores", "load_pruned", "plan_removal", "reference_model", "register_criterion",
-           "removal_plan", "save_pruned", "slim", "slim_with_plan"]
+__all__ = ["CRITERIA", "ChannelGroup", "Examples", "Explanation", "TraceError", "apply_plan", "channel_groups",
+           "check_exact", "explain", "get_plan", "group_scores", "load_pruned", "plan_removal", "reference_model",
+           "register_criterion", "removal_plan", "save_pruned", "several", "slim", "slim_report", "slim_with_plan"]

@@ -112,6 +112,7 @@ class Capture:
         self.leaf_depth = 0
         self.last_op = "<start>"
         self._out_cache: dict[str, np.ndarray] = {}
+        self.trace: list[tuple[str, str]] = []  # (module, op or "module") per recorded step, in order
         ignore_types = tuple(t for t in ignore if isinstance(t, type))
         ignore_names = [t for t in ignore if isinstance(t, str)]
         self.ignored = {n for n, m in model.named_modules()
@@ -230,10 +231,12 @@ class Capture:
         if not outs:
             raise TraceError(f"the model returned {type(out).__name__} with no tensors in it; "
                              "channel analysis needs tensor outputs (tensor, tuple, dict or ModelOutput)")
+        self.book.note("model output")
         for t in outs:
             self.freeze_tensor(t)  # channels that reach an output are never pruned
         from .padding import settle
 
+        self.book.note("pad amounts held by no module attribute")
         settle(self)  # reruns modules (hooks removed) to find the attributes holding pad amounts
         return out
 
@@ -258,6 +261,9 @@ class Capture:
                     return None
                 self.stack.pop()
                 self.frames.pop()
+                self.trace.append((name, "module"))
+                self.book.note(f"ignored module {name}" if name in self.ignored else
+                               f"module {name} ({type(mod).__name__})")
                 if name in self.ignored:
                     leaves.opaque(self, args, kwargs)
                 else:
@@ -329,6 +335,9 @@ class _Mode(TorchFunctionMode):
         name = _op_name(func)
         cap.last_op = name
         out = func(*args, **kwargs)
+        where = cap.where()
+        cap.trace.append((where, name))
+        cap.book.note(f"op {name} in {where}")
         cap._ops.on_op(cap, name, args, kwargs, out)
         return out
 

@@ -147,7 +147,9 @@ def _resolve(cap: Capture) -> np.ndarray:
 
 
 def build_groups(cap: Capture) -> list[ChannelGroup]:
+    cap.book.note("attention-head and equal-block constraints")
     lab = _resolve(cap)
+    cap.labels = lab  # slot -> component, for ``explain``
     frozen = lab[0]
     recs = list(cap.records.values())
     producers = [r for r in recs if r.kind in ("out", "emb", "param", "pad")]
@@ -302,9 +304,11 @@ def channel_groups(model: nn.Module, example_inputs, ignore=()) -> list[ChannelG
     """Analyse ``model`` on ``example_inputs`` and return its coupled channel groups.
 
     ``example_inputs``: a tensor, a tuple of positional tensors, or a dict of keyword
-    inputs (HF models: ``input_ids=``, ``pixel_values=``). ``ignore``: module names (glob
-    patterns allowed; a name also covers its submodules) or module classes whose
-    channels must not be pruned; they run as opaque leaves.
+    inputs (HF models: ``input_ids=``, ``pixel_values=``); or several of them as
+    ``Examples([...])`` (see ``examples.py``), when only channels prunable on every input
+    are pruned. ``ignore``: module names (glob patterns allowed; a name also covers its
+    submodules) or module classes whose channels must not be pruned; they run as opaque
+    leaves.
 
     Each group has ``.id``, ``.size``, ``.members`` (module names), ``.prunable``,
     ``.out_layers``, ``.norm_layers``, ``.in_layers``, ``.params``, ``.pads`` (see
@@ -317,11 +321,64 @@ def channel_groups(model: nn.Module, example_inputs, ignore=()) -> list[ChannelG
 
 
 def analyse(model: nn.Module, example_inputs, ignore=()) -> Capture:
+    from .examples import as_list
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(ignore, (str, type)):
         ignore = (ignore,)
     cap = Capture(model, tuple(ignore))
-    cap.run(example_inputs)
+    # several inputs run through one capture: a layer called again joins its channels with
+    # those of the earlier calls and every freeze stays, so the groups are the union of the
+    # couplings and the intersection of what is prunable
+    traces = []
+    for x in as_list(model, example_inputs):
+        start = len(cap.trace)
+        cap.run(x)
+        traces.append(cap.trace[start:])
+    if len(traces) > 1:
+        _warn_divergence(traces)
     cap.groups = build_groups(cap)
     return cap
+
+
+def divergence(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> tuple[str, str, str] | None:
+    """(module where the control flow splits, step of ``a``, step of ``b``) or None if equal."""
+    if a == b:
+        return None
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    sa = a[i] if i < len(a) else ("<end>", "end of the forward")
+    sb = b[i] if i < len(b) else ("<end>", "end of the forward")
+
+    def parent(step):
+        mod, what = step
+        # a leaf module step names the leaf itself; the branch that called it is in its parent
+        return mod.rpartition(".")[0] or "<model>" if what == "module" else mod
+
+    pa, pb = parent(sa), parent(sb)
+    if pa == pb or "<end>" in (pa, pb):
+        where = pa if pa != "<end>" else pb
+    else:
+        ca, cb = pa.split("."), pb.split(".")
+        common = []
+        for x, y in zip(ca, cb):
+            if x != y or "<model>" in (x, y):
+                break
+            common.append(x)
+        where = ".".join(common) or "<model>"
+
+    def show(step):
+        return f"module {step[0]}" if step[1] == "module" else f"op {step[1]} in {step[0]}"
+    return where, show(sa), show(sb)
+
+
+def _warn_divergence(traces) -> None:
+    import warnings
+
+    for k, t in enumerate(traces[1:], start=1):
+        d = divergence(traces[0], t)
+        if d is not None:
+            warnings.warn(f"control flow depends on the input: the recorded graphs of example inputs 0 and {k} "
+                          f"first diverge in module {d[0]!r} (input 0: {d[1]}; input {k}: {d[2]}); the analysis "
+                          "keeps only channels prunable on every input", stacklevel=3)
+            return

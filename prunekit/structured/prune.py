@@ -1,11 +1,15 @@
 """``slim``: importance -> plan -> ``slim_with_plan`` in one call, with an optional FLOPs target."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch.nn as nn
 
 from .groups import ChannelGroup, channel_groups
 from .importance import check_criterion, group_scores
 from .planner import check_ratio, plan_removal
+from .fallback import REPORT_KEY, slim_report
+from .plan import PLAN_KEY, get_plan
 from .slim import slim_with_plan
 
 
@@ -13,7 +17,8 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
          inplace: bool = False, *, mode: str = "uniform", overrides: dict | None = None, skip=(),
          flops_reduction: float | None = None, data=None, loss_fn=None, seed: int = 0,
          groups: list[ChannelGroup] | None = None, uniform_layers: bool = False, speedup: float | None = None,
-         backend: str = "torch", threads: int | None = None, cache_dir=None) -> nn.Module:
+         backend: str = "torch", threads: int | None = None, cache_dir=None, strict: bool = False,
+         max_rounds: int = 8) -> nn.Module:
     """Structured pruning in one call; returns a physically smaller model.
 
     ratio: fraction of channels removed per group (``mode="uniform"``) or over all groups
@@ -35,8 +40,21 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
     speedup: instead of a ratio, a *measured* speed-up on this machine (e.g. 2.0), for the
       batch size of ``example_inputs``, on ``backend`` ("torch" or "onnxruntime") with
       ``threads``; see ``latency_aware`` (latency tables cached under ``cache_dir``).
+    example_inputs: one input (tensor, tuple of positional args, dict of kwargs) or several
+      as ``Examples([a, b, ...])`` (or a list of kwargs dicts): channels are pruned only if
+      prunable on every input, and the result is validated on every input (FLOPs and
+      latency are measured on the first).
+    strict: raise when the slim model fails validation (it raises, changes output shapes,
+      or differs from the reference with the removed channels zeroed, ``check_exact``).
+      By default the groups involved are frozen and the plan retried (at most
+      ``max_rounds`` times; see ``fallback``); what was frozen is in ``slim_report(result)``.
     The kept-index plan is stored on the result (``save_pruned`` uses it).
     """
+    from .examples import as_list
+    from .fallback import slim_with_fallback
+
+    inputs = as_list(model, example_inputs)
+    one = inputs[0]
     check_criterion(criterion)
     if ratio is None and flops_reduction is None and speedup is None:
         raise ValueError("give one of ratio, flops_reduction or speedup")
@@ -45,7 +63,9 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
             raise ValueError("give one of ratio, flops_reduction or speedup")
         from .latency_aware import latency_slim
 
-        return latency_slim(model, example_inputs, speedup, criterion=criterion, backend=backend, threads=threads,
+        if len(inputs) > 1:
+            raise ValueError("speedup= measures latency on one input; pass a single example input")
+        return latency_slim(model, one, speedup, criterion=criterion, backend=backend, threads=threads,
                             ignore=ignore, cache_dir=cache_dir, data=data)
     if flops_reduction is None:
         ratio = check_ratio(ratio)
@@ -57,15 +77,38 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
         groups = channel_groups(model, example_inputs, ignore=ignore)
     scores = group_scores(model, groups, criterion, data=data, loss_fn=loss_fn, seed=seed)
 
-    def at(r, inplace_=False, validate=True):
-        pruned = plan_removal(groups, scores, r, mode=mode, overrides=overrides, skip=skip, round_to=round_to,
-                              uniform_layers=uniform_layers)
-        return slim_with_plan(model, example_inputs, pruned, groups=groups, inplace=inplace_, validate=validate)
+    def planner(r):
+        return lambda gs: plan_removal(gs, scores, r, mode=mode, overrides=overrides, skip=skip, round_to=round_to,
+                                       uniform_layers=uniform_layers)
+
+    def fallback(r, inplace_=False):
+        return slim_with_fallback(model, inputs, groups, planner(r), strict=strict, inplace=inplace_,
+                                  max_rounds=max_rounds)
 
     if flops_reduction is not None:
-        ratio = find_ratio_for_flops(lambda r: at(r, validate=False), example_inputs, flops_reduction,
-                                     _dense_flops(model, example_inputs))
-    return at(ratio, inplace_=inplace)
+        # the FLOPs bisection counts unvalidated candidates: freeze what breaks the model first
+        probe = fallback(0.5)
+        report = slim_report(probe)
+        if report:
+            frozen = {f["group"] for f in report["frozen"]}
+            groups = [dataclasses.replace(g, prunable=False, reason="frozen by slim: see slim_report")
+                      if g.id in frozen else g for g in groups]
+
+        def build(r):
+            return slim_with_plan(model, one, planner(r)(groups), groups=groups, validate=False)
+
+        ratio = find_ratio_for_flops(build, one, flops_reduction, _dense_flops(model, one))
+    result = fallback(ratio, inplace)
+    if flops_reduction is not None and report:
+        plan = get_plan(result)
+        object.__setattr__(result, PLAN_KEY, {**plan, REPORT_KEY: _merge(report, plan.get(REPORT_KEY))})
+    return result
+
+
+def _merge(first: dict, later: dict | None) -> dict:
+    if not later:
+        return first
+    return {"rounds": first["rounds"] + later["rounds"], "frozen": first["frozen"] + later["frozen"]}
 
 
 def _dense_flops(model, inputs) -> int:

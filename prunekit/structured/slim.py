@@ -194,15 +194,21 @@ def slim_with_plan(model: nn.Module, example_inputs, pruned: dict, groups: list[
     skip re-analysing). Returns a deep copy unless ``inplace``. The kept-index plan
     (relative to the original model, composed over repeated slimming) is stored on the
     returned model, so ``save_pruned`` works on it. With ``validate`` the slim model is
-    run once on ``example_inputs`` and must produce outputs of the original shapes.
+    run once on every example input and must produce outputs of the original shapes
+    (``RuntimeError`` otherwise; ``slim`` instead freezes the groups involved and retries).
     """
+    from .examples import as_list
+
     if groups is None:
         groups = channel_groups(model, example_inputs)
     plan = removal_plan(model, groups, pruned)
     target = model if inplace else copy.deepcopy(model)
     apply_plan(target, plan)
     if validate and plan["slices"]:
-        _validate(model if not inplace else None, target, example_inputs)
+        for x in as_list(model, example_inputs):
+            failure = validation_failure(model if not inplace else None, target, x)
+            if failure is not None:
+                raise failure.error()
     return target
 
 
@@ -212,44 +218,121 @@ def _shapes(out):
     return [tuple(t.shape) for t in flat_tensors(out)]
 
 
+class Failure:
+    """Why a slim model failed validation: ``kind`` is "raised", "shapes" or "inexact";
+    ``module`` the innermost module running when it raised ("<model>" for the root's own
+    forward); ``op`` the last torch op called; ``advice`` what to do by hand."""
+
+    def __init__(self, kind: str, message: str, module: str | None = None, op: str | None = None,
+                 advice: str = "", exc: BaseException | None = None):
+        self.kind, self.message, self.module, self.op, self.advice, self.exc = kind, message, module, op, advice, exc
+
+    def __str__(self) -> str:
+        return self.message
+
+    def error(self) -> RuntimeError:
+        err = RuntimeError(f"{self.message}. {self.advice}".strip() if self.advice else self.message)
+        err.__cause__ = self.exc
+        return err
+
+
+class _LastOp(torch.overrides.TorchFunctionMode):
+    """Remembers the last torch op and its arguments (for the advice on a failure)."""
+
+    def __init__(self):
+        super().__init__()
+        self.name, self.args = None, ()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from .capture import _op_name
+
+        self.name, self.args = _op_name(func), args
+        return func(*args, **(kwargs or {}))
+
+
+def _advice(slim: nn.Module, where: str, done: list[str], op: str | None, args) -> str:
+    """A hand fix for a slim model that raised in ``where``: never "ignore the whole model"."""
+    if where != "<model>":
+        return ("Some code probably hard-codes a channel count the analysis cannot see (e.g. a reshape to a size "
+                f"read from a config). Pass the module consuming those channels in ignore=[...] (here perhaps "
+                f"{where!r}) to keep them")
+    # the root's own forward raised: name the op, the attribute holding a size it used, and
+    # the innermost submodule that ran last (its channels feed that op)
+    mod = slim
+    sizes = [a for a in _flat_ints(args)]
+    attrs = [f"{k}={v}" for k, v in vars(mod).items()
+             if not k.startswith("_") and isinstance(v, int) and not isinstance(v, bool) and v > 1 and v in sizes]
+    text = f"The model's own forward ({type(mod).__name__}) failed"
+    if op:
+        text += f" in op {op!r}" + (f" with sizes {sizes}" if sizes and op in ("view", "reshape") else "")
+    if attrs:
+        text += (f"; attribute {', '.join(attrs)} of the model holds one of those sizes: a head count or width read "
+                 "from an attribute slim does not update (it updates num_heads, num_attention_heads, heads, "
+                 "all_head_size and similar)")
+    last = done[-1] if done else None
+    if last:
+        text += f". Pass the submodule producing those channels in ignore=[{last!r}] to keep them"
+    return text
+
+
+def _flat_ints(args) -> list[int]:
+    out = []
+    for a in args:
+        if isinstance(a, (list, tuple, torch.Size)):
+            out += _flat_ints(a)
+        elif isinstance(a, int) and not isinstance(a, bool):
+            out.append(a)
+    return out
+
+
 @torch.no_grad()
-def _validate(original, slim, inputs):
+def run_tracked(slim: nn.Module, inputs):
+    """Run ``slim`` in eval mode; returns (output, None) or (None, Failure of kind "raised")."""
     was = slim.training
     slim.eval()
+    stack: list[str] = []
+    done: list[str] = []
+    hooks = []
+
+    def enter(name):
+        def pre(mod, args):
+            stack.append(name or "<model>")
+        return pre
+
+    def leave(mod, args, out):
+        done.append(stack.pop())  # returns None: the output is left alone
+
+    for n, m in slim.named_modules():
+        hooks.append(m.register_forward_pre_hook(enter(n)))
+        hooks.append(m.register_forward_hook(leave))
+    last = _LastOp()
     try:
-        stack: list[str] = []
-        hooks = []
-        def enter(name):
-            def pre(mod, args):
-                stack.append(name or "<model>")
-            return pre
-
-        def leave(mod, args, out):
-            stack.pop()  # returns None: the output is left alone
-
-        for n, m in slim.named_modules():
-            hooks.append(m.register_forward_pre_hook(enter(n)))
-            hooks.append(m.register_forward_hook(leave))
-        try:
-            got = _shapes(_run(slim, inputs))
-        except Exception as e:
-            where = stack[-1] if stack else "<model>"
-            raise RuntimeError(
-                f"the slimmed model no longer runs: module {where!r} raised {type(e).__name__}: {e}. Some code "
-                "probably hard-codes a channel count the analysis cannot see (e.g. a reshape to a size read from "
-                f"a config). Pass the module consuming those channels in ignore=[...] (here perhaps {where!r}) "
-                "to keep them") from e
-        finally:
-            for h in hooks:
-                h.remove()
-        if original is not None:
-            ow = original.training
-            original.eval()
-            try:
-                want = _shapes(_run(original, inputs))
-            finally:
-                original.train(ow)
-            if want != got:
-                raise RuntimeError(f"slimming changed the output shapes from {want} to {got}")
+        with last:
+            return _run(slim, inputs), None
+    except Exception as e:
+        where = stack[-1] if stack else "<model>"
+        msg = f"the slimmed model no longer runs: module {where!r} raised {type(e).__name__}: {e}"
+        return None, Failure("raised", msg, where, last.name, _advice(slim, where, done, last.name, last.args), e)
     finally:
+        for h in hooks:
+            h.remove()
         slim.train(was)
+
+
+@torch.no_grad()
+def validation_failure(original, slim, inputs) -> Failure | None:
+    """None when ``slim`` runs on ``inputs`` with the output shapes of ``original``."""
+    out, failure = run_tracked(slim, inputs)
+    if failure is not None:
+        return failure
+    got = _shapes(out)
+    if original is not None:
+        ow = original.training
+        original.eval()
+        try:
+            want = _shapes(_run(original, inputs))
+        finally:
+            original.train(ow)
+        if want != got:
+            return Failure("shapes", f"slimming changed the output shapes from {want} to {got}")
+    return None

@@ -34,6 +34,14 @@ class SlotBook:
         self.tie_row = np.full(1024, -1, dtype=np.int64)  # slot -> id of its tie row (-1: none)
         self._n_ties = 0
         self._coarse_key: dict[bytes, int] = {}
+        # (index of the first join array made while it ran, what was running): lets ``explain``
+        # say why slots were frozen without every freeze call passing a reason
+        self.marks: list[tuple[int, str]] = []
+
+    def note(self, what: str) -> None:
+        """Name what the following joins/freezes come from (an op, a leaf module, the outputs)."""
+        if not self.marks or self.marks[-1][1] != what:
+            self.marks.append((len(self._a), what))
 
     def new(self, n: int) -> np.ndarray:
         out = np.arange(self.next, self.next + n, dtype=np.int64)
