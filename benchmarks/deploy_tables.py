@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def latency_table(res: dict) -> list[str]:
            "| FLOPs red. | params (slim / dense) | planning s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         if "error" in r:
-            out.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['requested']}x | failed | | | | |")
+            m = re.search(r"runs only ([0-9.]+)x faster", r["error"])
+            what = f"not reachable: at most {m.group(1)}x measured" if m else f"failed: {r['error'][:60]}"
+            out.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['requested']}x | {what} | | | | |")
             continue
         out.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['requested']:.1f}x | {r['achieved']:.2f}x "
                    f"| {r['achieved_over_requested']:.2f} | {r['flops_reduction']:.2f}x "
@@ -44,7 +47,57 @@ def latency_table(res: dict) -> list[str]:
     ok = [r for r in res["rows"] if "error" not in r]
     within = sum(abs(r["achieved_over_requested"] - 1) <= 0.1 for r in ok)
     out += ["", f"{within} of {len(ok)} requests were met within 10% on the independent re-timing "
-                f"({len(res['rows']) - len(ok)} failed)."]
+                f"({len(res['rows']) - len(ok)} refused as unreachable or failed)."]
+    # the target: within 10% at 1.5x and 2x, every model, batch 1 and 64
+    for sp in (1.5, 2.0):
+        rs = [r for r in ok if r["requested"] == sp]
+        miss = [f"{r['model']} {r['backend']} b{r['batch']} ({r['achieved_over_requested']:.2f})" for r in rs
+                if abs(r["achieved_over_requested"] - 1) > 0.1]
+        refused = [f"{r['model']} {r['backend']} b{r['batch']}" for r in res["rows"]
+                   if "error" in r and r["requested"] == sp]
+        out.append(f"* {sp}x: {len(rs) - len(miss)} of {len(rs) + len(refused)} within 10%"
+                   + (f"; missed: {', '.join(miss)}" if miss else "")
+                   + (f"; refused: {', '.join(refused)}" if refused else "") + ".")
+    return out
+
+
+def planning_table(res: dict) -> list[str]:
+    out = ["| model | run | planning s | achieved (requested 2x) | iterations |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        out.append(f"| {r['model']} | {r['run']} | {r['planning_s']:.0f} | {r['achieved']:.2f}x | {r['iterations']} |")
+    return out
+
+
+def accuracy_section(res: dict) -> list[str]:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import latency_accuracy  # noqa: E402
+
+    c = res["config"]
+    dense = [r["val_selected_acc"] * 100 for r in res["dense"]]
+    out = [f"ResNet-20 (option A) on MNIST-1D ({c['data']['n_train']:,} generated: 90% train / 10% validation, "
+           f"{c['data']['n_test']:,} test); dense {c['dense']['epochs']} epochs: "
+           f"{sum(dense) / len(dense):.2f} % (test at the val-chosen epoch, mean of {len(dense)} seeds). Latency: "
+           f"batch {c['latency']['batch']}, one thread, torch eager. Every method is fine-tuned with the same "
+           f"recipe ({c['finetune']['epochs']} epochs, SGD lr {c['finetune']['lr']}, cosine, batch "
+           f"{c['finetune']['batch_size']}); the uniform- and global-L1 ratios are chosen by bisection on measured "
+           f"latency to match the latency-aware model's verified speed-up (accuracy is never consulted). "
+           f"`measured speed-up` is one side-by-side timing of all three slim models and dense.", "",
+           latency_accuracy.markdown(res["summary"]), ""]
+    by = {(s["requested_speedup"], s["method"]): s for s in res["summary"]}
+    for sp in sorted({s["requested_speedup"] for s in res["summary"]}):
+        la, un = by.get((sp, "latency-aware")), by.get((sp, "uniform-l1"))
+        gl = by.get((sp, "global-l1"))
+        if not (la and un):
+            continue
+        d = la["val_selected_acc"][0] - un["val_selected_acc"][0]
+        dg = la["val_selected_acc"][0] - gl["val_selected_acc"][0] if gl else None
+        out.append(f"* {sp:g}x: latency-aware {la['val_selected_acc'][0]:.2f} vs uniform L1 "
+                   f"{un['val_selected_acc'][0]:.2f} ({d:+.2f} points)"
+                   + (f" and global L1 {gl['val_selected_acc'][0]:.2f} ({dg:+.2f})" if gl else "")
+                   + f", n = {la['n']}; target >= uniform L1: **{'met' if d >= 0 else 'not met'}**"
+                   + (f"; +1 point: **{'met' if d >= 1 else 'not met'}**" if sp >= 2 else "") + ".")
+    for u in res.get("unreachable", []):
+        out.append(f"* refused ({u['part']}): {u['error']}")
     return out
 
 
@@ -77,6 +130,19 @@ def render() -> str:
             lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
                       f"measured.", ""]
         lines += latency_table(res) + [""]
+    plan = RES / "latency_planning.json"
+    if plan.exists():
+        res = json.loads(plan.read_text())
+        lines += ["### Planning time (`latency_aware.py --planning`)", "",
+                  "Target: under 2 minutes for ResNet-56 and a BERT-base-sized model (768 hidden, 12 layers, "
+                  "12 heads, sequence 128) on this machine, one thread; the second run reuses the cached table.", ""]
+        lines += planning_table(res) + [""]
+    acc = RES / "latency_accuracy.json"
+    if acc.exists():
+        res = json.loads(acc.read_text())
+        lines += ["## Accuracy at equal measured latency (`latency_accuracy.py`)", "",
+                  "`.venv/bin/python benchmarks/latency_accuracy.py`", ""]
+        lines += accuracy_section(res) + [""]
     return "\n".join(lines)
 
 
