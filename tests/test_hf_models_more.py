@@ -128,6 +128,12 @@ KNOWN_GAPS: dict[str, tuple[str, str]] = {
                          "takes the sizes as constants, freezes projection_in's 2C+L+1 rows but prunes the "
                          "residual stream, and the slim model raises 'split_with_sizes expects split_sizes to sum "
                          "exactly to 35 ... got [8, 8, 3]' in focalnet.encoder.stages.0.layers.0.modulation"),
+    "hubert": ("slim", "regression in ee10765 (grouped-conv input rule), wav2vec2 in test_hf_models.py too: the "
+                       "residual stream now reaches the grouped (groups=4) pos_conv_embed.conv as prunable, but "
+                       "that conv's weight is a weight_norm parametrization (ParametrizedConv1d, normalised over "
+                       "both channel dims, so it cannot be sliced exactly); slim_with_plan -> plan.apply_plan "
+                       "raises ValueError 'hubert.encoder.pos_conv_embed.conv.weight is parametrized (masked); "
+                       "call prunekit.sparse.remove_masks first'"),
     "mixtral": ("ratio", "the experts' fused 3-D weights (MixtralExperts gate_up_proj/down_proj) run through "
                          "torch._grouped_mm, an op without a rule (analyse(...).unknown): every expert FFN "
                          "channel is frozen, only the 2 KV-head groups are prunable, and ratios 0.3 and 0.5 "
