@@ -9,9 +9,10 @@ pooling funnels), hierarchical vision models and audio encoders.
 For each: slim at ratios 0.3 and 0.5 with no ``ignore=``, the output keeps its shape, the
 slim model matches the dense model with the removed channels zeroed (``check_exact``),
 parameters go down, and ``save_pruned``/``load_pruned`` onto a freshly built model gives
-bit-identical outputs. Architectures the engine cannot slim yet are in KNOWN_GAPS with
-the error and the op/module; they are strict xfails, so a fix flips them to a failure
-that asks for the entry to be removed.
+bit-identical outputs. Whether slim needed its automatic fallback is checked against
+NEEDS_FALLBACK (the hard-coded widths the analysis misses). Architectures the engine
+cannot slim yet are in KNOWN_GAPS with the error and the op/module; they are strict
+xfails, so a fix flips them to a failure that asks for the entry to be removed.
 """
 import os
 
@@ -24,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 T = transformers
 
 import prunekit  # noqa: E402
-from prunekit.structured import check_exact  # noqa: E402
+from prunekit.structured import check_exact, slim_report  # noqa: E402
 from test_hf_models import _BERTLIKE, _DECODER, _VIS, _audio, _image, _main_output, _params, _text  # noqa: E402
 
 _GQA = {**_DECODER, "head_dim": 8}  # Gemma's default head_dim is 256: pin it to hidden / heads
@@ -110,30 +111,26 @@ CASES = {
         frequency_stride=8, time_stride=8, max_length=32, num_mel_bins=16, num_labels=3)), _spectrogram),
 }
 
+# Architectures whose analysis misses a hard-coded width: plain slim only succeeds because
+# the automatic fallback (``prunekit.structured.fallback``) freezes the groups the slim
+# model trips on; ``slim_report`` says so. An analysis-level fix makes the report None.
+NEEDS_FALLBACK = {
+    "pvt": "PvtPatchEmbeddings.forward (pvt.encoder.patch_embeddings.1) raises ValueError 'Make sure that the "
+           "channel dimension of the pixel values match with the one set in the configuration': it compares the "
+           "input's channel count with config.hidden_sizes[0], a Python constant the analysis cannot see",
+    "pvt-v2": "PvtV2ForImageClassification.forward reshapes with config.hidden_sizes[-1] (a constant): reshape(batch, "
+              "-1, 32) on a slimmed 16-channel map folds space into channels and 'classifier' raises 'mat1 and mat2 "
+              "shapes cannot be multiplied (2x32 and 16x5)' (as SegFormer's classifier)",
+    "focalnet": "FocalNetModulation.forward splits projection_in's output with torch.split(x, (C, C, focal_level + 1), "
+                "1) where C = hidden_state.shape[-1], the residual width: the analysis takes the sizes as constants, "
+                "freezes projection_in's 2C+L+1 rows but prunes the residual stream, and the slim model raises "
+                "'split_with_sizes expects split_sizes to sum exactly to 35 ... got [8, 8, 3]'",
+}
+
 # Architectures the engine cannot slim yet: name -> (check that fails, the error and the
 # op/module behind it). "slim": slim, check_exact or the save/load round trip fails;
 # "ratio": slimming is exact but ratio 0.5 removes no more than 0.3 (too little is prunable).
 KNOWN_GAPS: dict[str, tuple[str, str]] = {
-    "pvt": ("slim", "PvtPatchEmbeddings.forward (pvt.encoder.patch_embeddings.1) raises ValueError 'Make sure "
-                    "that the channel dimension of the pixel values match with the one set in the "
-                    "configuration': it compares the input's channel count with self.num_channels = "
-                    "config.hidden_sizes[0], a Python constant the analysis cannot see, so slimming the stage-0 "
-                    "width fails slim's run check"),
-    "pvt-v2": ("slim", "PvtV2ForImageClassification.forward reshapes with config.hidden_sizes[-1] (a constant): "
-                       "reshape(batch, -1, 32) on the slimmed 16-channel map folds space into channels and "
-                       "'classifier' raises 'mat1 and mat2 shapes cannot be multiplied (2x32 and 16x5)' (as "
-                       "SegFormer's classifier)"),
-    "focalnet": ("slim", "FocalNetModulation.forward splits projection_in's output with torch.split(x, (C, C, "
-                         "focal_level + 1), 1) where C = hidden_state.shape[-1], the residual width: the engine "
-                         "takes the sizes as constants, freezes projection_in's 2C+L+1 rows but prunes the "
-                         "residual stream, and the slim model raises 'split_with_sizes expects split_sizes to sum "
-                         "exactly to 35 ... got [8, 8, 3]' in focalnet.encoder.stages.0.layers.0.modulation"),
-    "hubert": ("slim", "regression in ee10765 (grouped-conv input rule), wav2vec2 in test_hf_models.py too: the "
-                       "residual stream now reaches the grouped (groups=4) pos_conv_embed.conv as prunable, but "
-                       "that conv's weight is a weight_norm parametrization (ParametrizedConv1d, normalised over "
-                       "both channel dims, so it cannot be sliced exactly); slim_with_plan -> plan.apply_plan "
-                       "raises ValueError 'hubert.encoder.pos_conv_embed.conv.weight is parametrized (masked); "
-                       "call prunekit.sparse.remove_masks first'"),
     "mixtral": ("ratio", "the experts' fused 3-D weights (MixtralExperts gate_up_proj/down_proj) run through "
                          "torch._grouped_mm, an op without a rule (analyse(...).unknown): every expert FFN "
                          "channel is frozen, only the 2 KV-head groups are prunable, and ratios 0.3 and 0.5 "
@@ -174,6 +171,10 @@ def test_slim_more_hf_architectures(name, tmp_path):
         err = check_exact(model, s, inputs=inputs)
         tol = 1e-4 * max(1.0, ref.abs().max().item())
         assert err <= tol, f"{name} at {ratio}: slim differs from the zeroed reference by {err}"
+        needed = slim_report(s) is not None
+        assert needed == (name in NEEDS_FALLBACK), (
+            f"{name} at {ratio}: the automatic fallback was {'' if needed else 'not '}needed "
+            f"({slim_report(s)}); update NEEDS_FALLBACK")
         kept = _params(s)
         assert kept < n_dense, f"{name} at {ratio}: no parameter removed ({kept} of {n_dense})"
         # the saved plan + weights rebuild the same slim model on a fresh, differently seeded one
@@ -198,5 +199,5 @@ def test_zoo_is_disjoint_from_the_first_one():
     from test_hf_models import CASES as FIRST
 
     assert not set(CASES) & set(FIRST)
-    assert set(KNOWN_GAPS) <= set(CASES)
+    assert set(KNOWN_GAPS) <= set(CASES) and set(NEEDS_FALLBACK) <= set(CASES)
     assert all(check in ("slim", "ratio") and reason for check, reason in KNOWN_GAPS.values())

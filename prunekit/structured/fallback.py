@@ -54,7 +54,10 @@ def check(model: nn.Module, inputs: list, groups: list[ChannelGroup], pruned: di
     """Slim a copy with ``pruned``; returns (slim model, None) or (None, Failure)."""
     plan = removal_plan(model, groups, pruned)
     slim = copy.deepcopy(model)
-    apply_plan(slim, plan)
+    try:
+        apply_plan(slim, plan)
+    except ValueError as e:  # a tensor that cannot be sliced (a parametrized weight): as a failing run
+        return None, Failure("raised", f"the plan cannot be applied: {e}", exc=e)
     if not plan["slices"]:
         return slim, None
     ref = None
