@@ -13,6 +13,9 @@ For each:
   heads, False when none is but the model has modules named ``*Attention*`` (heads
   frozen, or attention channels pruned one by one), None for models without attention.
 - ``unknown_ops``: how many op calls had no rule (``analyse(...).unknown``), and their names.
+- ``fallback_frozen_channels`` / ``effective_prunable_fraction``: channels slim's
+  automatic fallback froze because the slim model failed validation (``slim_report``;
+  absent on engines without the fallback), and the prunable fraction left after that.
 - ``param_reduction``: the fraction of parameters slim(0.5) removed (catches weights
   outside conv/linear modules, e.g. fused MoE experts, that no group counts).
 
@@ -132,6 +135,16 @@ def _params(m) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def _fallback_frozen(slim_model) -> list | None:
+    """Groups slim's automatic fallback froze ([] when none); None where there is no fallback."""
+    try:
+        from prunekit.structured import slim_report
+    except ImportError:  # engine versions before the fallback
+        return None
+    report = slim_report(slim_model)
+    return list(report.get("frozen", [])) if report else []
+
+
 def _attention_modules(model) -> int:
     """Modules that look like attention (class name contains "Attention", incl. nn.MultiheadAttention).
 
@@ -185,6 +198,13 @@ def measure(name: str, build, make_inputs) -> dict:
             row.update(slim_ok=False, exact=False, error=_one_line(e))
         else:
             tol = REL_TOL * max(1.0, ref.abs().max().item())
+            frozen_later = _fallback_frozen(s)
+            if frozen_later is not None:  # what slim's automatic fallback froze on top of the analysis
+                row.update(fallback_frozen_channels=sum(f["size"] for f in frozen_later),
+                           fallback_frozen_modules=sorted({str(f.get("module")) for f in frozen_later}))
+                if row.get("channels"):
+                    row["effective_prunable_fraction"] = round(
+                        (row["prunable_channels"] - row["fallback_frozen_channels"]) / row["channels"], 4)
             row.update(slim_ok=True, exact=bool(err <= tol), max_abs_err=float(err), tol=tol, error=None,
                        params_slim=_params(s), param_reduction=round(1 - _params(s) / row["params_dense"], 4))
     row["warnings"] = sorted({str(w.message).splitlines()[0][:300] for w in caught
@@ -211,6 +231,8 @@ def table(rows, before: dict | None = None) -> str:
     for r in rows:
         why = (r["error"] or "").replace("RuntimeError: the slimmed model no longer runs: ", "")
         ok = _fmt(r["slim_ok"]) if r["slim_ok"] else "no: " + why[:90].replace("|", "/")
+        if r.get("fallback_frozen_channels"):
+            ok += f" (fallback froze {r['fallback_frozen_channels']} ch.)"
         cells = [r["name"], ok, _fmt(r["exact"]) if r["slim_ok"] else "-", _fmt(r.get("prunable_fraction"), True),
                  _fmt(r.get("heads_prunable")), _fmt(r.get("unknown_ops")), _fmt(r.get("param_reduction"), True)]
         if before:
@@ -225,6 +247,7 @@ def summary(rows) -> dict:
     chans = sum(r.get("channels", 0) for r in rows)
     return {"models": len(rows), "slim_ok": len(ok), "exact": sum(r["exact"] for r in rows),
             "with_unknown_ops": sum(bool(r.get("unknown_ops")) for r in rows),
+            "needed_fallback": sum(bool(r.get("fallback_frozen_channels")) for r in rows),
             "prunable_fraction_all": round(sum(r.get("prunable_channels", 0) for r in rows) / chans, 4) if chans else 0,
             "mean_prunable_fraction": round(sum(r.get("prunable_fraction", 0) for r in rows) / len(rows), 4)
             if rows else 0}

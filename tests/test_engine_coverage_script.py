@@ -77,3 +77,17 @@ def test_attention_is_recognised_by_class_name():
 
     assert engine_coverage._attention_modules(nn.Sequential(TinyAttention(), nn.MultiheadAttention(4, 2))) == 2
     assert engine_coverage._attention_modules(nn.Sequential(nn.Linear(4, 4), nn.ReLU())) == 0
+
+
+def test_fallback_fields_when_slim_had_to_freeze_groups(tmp_path):
+    # SegFormer's classifier reshapes with a config constant: slim only works because its
+    # fallback freezes the last stage, and the row must say how many channels that took
+    if engine_coverage._fallback_frozen(nn.Linear(1, 1)) is None:
+        pytest.skip("engine without an automatic fallback")
+    result = engine_coverage.main(["--only", "hf/segformer", "--out", str(tmp_path / "c.json")])
+    (row,) = result["rows"]
+    assert row["slim_ok"] and row["exact"]
+    assert 0 < row["fallback_frozen_channels"] <= row["prunable_channels"]
+    want = round((row["prunable_channels"] - row["fallback_frozen_channels"]) / row["channels"], 4)
+    assert row["effective_prunable_fraction"] == want < row["prunable_fraction"]
+    assert result["summary"]["needed_fallback"] == 1
