@@ -101,6 +101,10 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
         if not mha.handle(cap, name, mod, args, kwargs, out):
             opaque(cap, args, kwargs)
         return
+    from .ops_heads import head_norm_leaf
+
+    if head_norm_leaf(cap, name, mod, args, kwargs, out):  # a norm over head_dim, after the head split
+        return
     x = args[0] if args else next(iter(kwargs.values()), None)
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         opaque(cap, args, kwargs)

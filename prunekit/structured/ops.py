@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .capture import Capture, flat_tensors
 from .ops_contract import addmm, conv_fn, einsum, embedding_fn, linear_fn, matmul, sdpa
+from .ops_heads import HEAD_RULES
 from .ops_norm import NORM_RULES
 from .ops_shuffle import SHUFFLE_RULES, track
 from .ops_index import cat, getitem, pad, setitem, split, stack
@@ -82,4 +83,5 @@ RULES = {
     "bmm": matmul, "einsum": einsum, "linear": linear_fn, "addmm": addmm, "embedding": embedding_fn,
     "scaled_dot_product_attention": sdpa, "conv1d": conv_fn, "conv2d": conv_fn, "conv3d": conv_fn,
     **NORM_RULES, **SHUFFLE_RULES,
+    **HEAD_RULES,  # layer_norm/rms_norm within heads first; falls back to NORM_RULES
 }
