@@ -131,12 +131,6 @@ NEEDS_FALLBACK = {
 # op/module behind it). "slim": slim, check_exact or the save/load round trip fails;
 # "ratio": slimming is exact but ratio 0.5 removes no more than 0.3 (too little is prunable).
 KNOWN_GAPS: dict[str, tuple[str, str]] = {
-    "mixtral": ("ratio", "the experts' fused 3-D weights (MixtralExperts gate_up_proj/down_proj) run through "
-                         "torch._grouped_mm, an op without a rule (analyse(...).unknown): every expert FFN "
-                         "channel is frozen, only the 2 KV-head groups are prunable, and ratios 0.3 and 0.5 "
-                         "both remove one head, so 0.5 removes no more than 0.3"),
-    "olmoe": ("ratio", "as mixtral: OlmoeExperts' fused weights run through torch._grouped_mm (no rule), only "
-                       "the 2 KV-head groups are prunable, and ratios 0.3 and 0.5 remove the same head"),
 }
 
 

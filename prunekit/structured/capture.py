@@ -55,7 +55,7 @@ class Record:
 
 OPAQUE = (nn.MultiheadAttention,)
 LEAVES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-          nn.Embedding) + OPAQUE + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+          nn.Embedding, nn.RNNBase) + OPAQUE + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
 def _op_name(func) -> str:
@@ -103,6 +103,7 @@ class Capture:
         # (module, rows that are pruned as whole units, number of heads the module reshapes into)
         self.ties: list[tuple[str, np.ndarray, int]] = []
         self.parts: list[list[np.ndarray]] = []  # blocks that must lose equally many channels
+        self.multiple: list[tuple[np.ndarray, int]] = []  # channels whose kept count a kernel needs aligned
         self.unknown: list[str] = []
         self.taint: dict[int, np.ndarray] = {}
         self.stack: list[str] = []
@@ -136,7 +137,8 @@ class Capture:
             for d, s in enumerate(t.shape):
                 if s > 1:
                     slots = self.book.new(s)
-                    self.record("param", self.params[id(t)], d, slots)
+                    # 3+ dims: a stack of weight matrices (MoE experts), a layer's weight
+                    self.record("param", self.params[id(t)], d, slots, layer=t.dim() >= 3)
                     e.append(((d,), slots))
             self.set(t, e)
         return e or []

@@ -12,6 +12,7 @@ are listed in frozen groups (``prunable=False``), one per producer.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ class ChannelGroup:
     - ``parts``: the group splits into ``parts`` equal contiguous blocks that must lose
       equally many channels (GroupNorm groups, ``chunk``, grouped convs).
     - ``heads``: ``(module, num_heads, head_size)`` where this group is reshaped into heads.
+    - ``multiple``: the kept channel count must be a multiple of this (``torch._grouped_mm``
+      needs 16-byte row strides); the planner rounds the kept count up to it.
     - ``prunable``: False for channels that reach a model output, an ignored module or an
       op the analysis does not understand (then ``reason`` says why).
     """
@@ -67,6 +70,7 @@ class ChannelGroup:
     unit: int = 1
     parts: int = 1
     heads: list[tuple[str, int, int]] = field(default_factory=list)
+    multiple: int = 1  # the kept count must be a multiple of this (a kernel's alignment, e.g. grouped_mm)
     reason: str = ""
     # (module, heads) -> first group channel of every head row: how many heads a removal drops
     head_rows: dict = field(default_factory=dict, repr=False)
@@ -192,6 +196,7 @@ def build_groups(cap: Capture) -> list[ChannelGroup]:
     gid_of_comp[comps_in_order] = gid_arr
     sizes = np.bincount(gid_arr, minlength=len(group_order))
     groups = [ChannelGroup(id=k, size=int(sizes[k]), members=[]) for k in range(len(group_order))]
+    weighty: set[int] = set()
     for r in recs:
         comps = lab[r.slots]
         gids = gid_of_comp[comps]
@@ -222,6 +227,8 @@ def build_groups(cap: Capture) -> list[ChannelGroup]:
                 grp.pads.append((r.name, dict(r.extra["attrs"]), int(r.extra["before"]), idx))
             else:
                 grp.params.append((r.name, r.dim, idx))
+                if r.extra.get("layer"):
+                    weighty.add(gid)  # a layer's weight held as a plain parameter (MoE experts, RNN)
             owner = r.name if r.kind != "param" else r.name.rpartition(".")[0] or r.name
             owner = owner or "<model>"
             if owner not in grp.members:
@@ -280,9 +287,13 @@ def build_groups(cap: Capture) -> list[ChannelGroup]:
             grp.prunable, grp.reason = False, "equal-removal blocks do not tile the group"
             continue
         grp.parts = p
+    for slots, m in cap.multiple:
+        comps = lab[slots]
+        for g in set(gid_of_comp[comps[comps != frozen]].tolist()):
+            groups[g].multiple = math.lcm(groups[g].multiple, m)
     for grp in groups:
         if grp.prunable and not (grp.out_layers or grp.in_layers or grp.norm_layers or
-                                 any(n.endswith(".weight") and d == 1 for n, d, _ in grp.params)):
+                                 any(n.endswith(".weight") and d == 1 for n, d, _ in grp.params) or grp.id in weighty):
             grp.prunable, grp.reason = False, "only free tensors, no layer uses these channels"
         if grp.prunable and (grp.size // grp.parts) % grp.unit:
             grp.prunable, grp.reason = False, "heads straddle equal-removal blocks"

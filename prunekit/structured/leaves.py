@@ -105,6 +105,12 @@ def handle(cap: Capture, name: str, mod: nn.Module, args, kwargs, out) -> None:
 
     if head_norm_leaf(cap, name, mod, args, kwargs, out):  # a norm over head_dim, after the head split
         return
+    if isinstance(mod, nn.RNNBase):
+        from .leaves_rnn import handle as rnn
+
+        if not rnn(cap, name, mod, args, kwargs, out):
+            opaque(cap, args, kwargs)
+        return
     x = args[0] if args else next(iter(kwargs.values()), None)
     if not isinstance(x, torch.Tensor) or not isinstance(out, torch.Tensor):
         opaque(cap, args, kwargs)

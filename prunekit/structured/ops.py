@@ -12,7 +12,8 @@ from .ops_contract import addmm, conv_fn, einsum, embedding_fn, linear_fn, matmu
 from .ops_heads import HEAD_RULES
 from .ops_norm import NORM_RULES
 from .ops_shuffle import SHUFFLE_RULES, track
-from .ops_index import cat, getitem, pad, setitem, split, stack
+from .ops_index import INDEX_RULES, cat, getitem, pad, setitem, split, stack
+from .ops_moe import MOE_RULES
 from .ops_shape import POOL, elementwise, expand, first_only, permute, pool, reduce, repeat, softmax_like, view
 
 ELEMENTWISE = set("""add sub mul div true_divide truediv floordiv floor_divide remainder mod fmod pow maximum minimum
@@ -27,8 +28,8 @@ get_data pin_memory""".split())
 VIEWS = set("view reshape flatten unflatten squeeze unsqueeze view_as reshape_as".split())
 PERMUTES = set("permute transpose swapaxes swapdims movedim moveaxis t get_T get_mT get_H get_mH adjoint".split())
 EXPANDS = set("expand expand_as broadcast_to".split())
-CREATION = set("""zeros_like ones_like empty_like full_like rand_like randn_like randint_like new_zeros new_ones
-new_empty new_full new_tensor""".split())
+# zeros_like/ones_like/full_like/empty_like carry their input's channels (ops_moe.like)
+CREATION = set("""rand_like randn_like randint_like new_zeros new_ones new_empty new_full new_tensor""".split())
 SOFTMAX = set("softmax log_softmax softmin normalize cumsum cumprod logcumsumexp".split())
 REDUCE = set("""sum mean nansum nanmean amax amin max min prod std var logsumexp argmax argmin all any median
 nanmedian mode count_nonzero std_mean var_mean norm""".split())
@@ -82,6 +83,6 @@ RULES = {
     "pad": pad, "repeat": repeat, "tile": repeat, "matmul": matmul, "rmatmul": matmul, "mm": matmul,
     "bmm": matmul, "einsum": einsum, "linear": linear_fn, "addmm": addmm, "embedding": embedding_fn,
     "scaled_dot_product_attention": sdpa, "conv1d": conv_fn, "conv2d": conv_fn, "conv3d": conv_fn,
-    **NORM_RULES, **SHUFFLE_RULES,
+    **NORM_RULES, **SHUFFLE_RULES, **INDEX_RULES, **MOE_RULES,
     **HEAD_RULES,  # layer_norm/rms_norm within heads first; falls back to NORM_RULES
 }

@@ -241,3 +241,112 @@ def pad(cap, name, args, kwargs, out):
             cap.book.freeze(after)
         res.append((dims, np.concatenate([before, arr, after])))
     return [res]
+
+
+def _positional(cap, x, dim, aligned):
+    """Entries of ``x`` for an op that moves positions along ``dim`` only (gather, scatter,
+    index_add over tokens): an entry on ``dim`` is frozen (its positions are picked by index
+    values), an entry on the other dims passes when those dims line up position by position
+    with the output (``aligned(d)``), else it is frozen."""
+    res = []
+    for dims, arr in cap.get(x):
+        if dim in dims or not all(aligned(d) for d in dims):
+            cap.book.freeze(arr)
+        else:
+            res.append((dims, arr))
+    return res
+
+
+def index_select(cap, name, args, kwargs, out):
+    """``index_select(x, dim, index)``: rows picked along ``dim``; the other dims keep their channels."""
+    x = args[0]
+    for t in _tensors(args[1:], kwargs):
+        cap.freeze_tensor(t)  # index values are positions
+    d = _dim(int(_arg(args, kwargs, 1, "dim")), x.dim())
+    return [_positional(cap, x, d, lambda _: True)]
+
+
+def gather(cap, name, args, kwargs, out):
+    """``gather(x, dim, index)``: ``out[..i..] = x[..index[..i..]..]`` along ``dim``; the output
+    has the index's shape, so another dim of ``x`` keeps its channels only where the index
+    spans it whole (DeBERTa's relative-position gather keeps the heads)."""
+    x, index = args[0], _arg(args, kwargs, 2, "index")
+    o = flat_tensors(out)[0]
+    cap.freeze_tensor(index)
+    if not isinstance(index, torch.Tensor) or index.dim() != x.dim():
+        cap.freeze_tensor(x)
+        return [[]]
+    d = _dim(int(_arg(args, kwargs, 1, "dim")), x.dim())
+    return [_positional(cap, x, d, lambda k: index.shape[k] == x.shape[k] == o.shape[k])]
+
+
+def scatter_into(cap, name, args, kwargs, out):
+    """``index_add/index_copy(self, dim, index, source)`` and ``scatter(_add)(self, dim, index,
+    src)``: source rows land at the positions ``index`` names along ``dim`` (MoE routing adds
+    each expert's output back to its tokens). Along every other dim, self, source and output
+    are the same positions, so channels there are joined between self and source and pass
+    through; channels on ``dim`` itself are frozen."""
+    x = args[0]
+    o = flat_tensors(out)[0]
+    nd = x.dim()
+    d = _dim(int(_arg(args, kwargs, 1, "dim")), nd)
+    index = _arg(args, kwargs, 2, "index")
+    src = _arg(args, kwargs, 3, "source" if name.startswith("index") else "src")
+    if name == "index_fill":
+        src = None  # a scalar value (or 0-d tensor) written at the indexed positions
+    if isinstance(index, torch.Tensor):
+        cap.freeze_tensor(index)
+    if not isinstance(index, torch.Tensor) or tuple(o.shape) != tuple(x.shape):
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)
+        return [[]]
+    operands = [x]
+    if isinstance(src, torch.Tensor) and src.dim() == 0:
+        cap.freeze_tensor(src)
+    elif isinstance(src, torch.Tensor):
+        scatter = name.startswith("scatter")
+        ok = src.dim() == nd and (not scatter or index.dim() == nd)
+        # scatter reads src (and index) only over the index's extent on the other dims
+        same = ok and all(src.shape[k] == x.shape[k] and (not scatter or index.shape[k] == x.shape[k])
+                          for k in range(nd) if k != d)
+        if not same:
+            for t in (x, src):
+                cap.freeze_tensor(t)
+            return [[]]
+        operands.append(src)
+    ops = []
+    for k, t in enumerate(operands):
+        labels = [v if v != d else ("pos", k) for v in range(nd)]
+        ents = []
+        for dims, arr in cap.get(t):
+            if d in dims:
+                cap.book.freeze(arr)
+            else:
+                ents.append((tuple(labels[v] for v in dims), arr))
+        ops.append(P.Operand(ents, {labels[v] for v in range(nd) if v != d and t.shape[v] > 1}))
+    labels = [v if v != d else ("pos", 0) for v in range(nd)]
+    return [P.to_dims(P.merge(cap.book, ops, labels), labels)]
+
+
+def repeat_interleave(cap, name, args, kwargs, out):
+    """``x.repeat_interleave(r, dim)`` with an int ``r``: every position along ``dim`` is
+    repeated ``r`` times in place, so a channel there owns ``r`` neighbouring positions
+    (MoE: each token copied once per chosen expert); other dims pass unchanged."""
+    x = args[0]
+    r = _arg(args, kwargs, 1, "repeats")
+    d = _arg(args, kwargs, 2, "dim")
+    if not isinstance(x, torch.Tensor):
+        return None
+    if isinstance(r, torch.Tensor) and r.numel() == 1:
+        r = int(r)
+    if d is None or not isinstance(r, int):
+        for t in _tensors(args, kwargs):
+            cap.freeze_tensor(t)  # flattened, or per-position repeat counts: positions shift
+        return [[]]
+    d = _dim(int(d), x.dim())
+    return [[(dims, np.repeat(arr, r, axis=dims.index(d)) if d in dims else arr) for dims, arr in cap.get(x)]]
+
+
+INDEX_RULES = {"repeat_interleave": repeat_interleave, "index_select": index_select, "gather": gather, "index_add": scatter_into,
+               "index_copy": scatter_into, "index_fill": scatter_into, "scatter_add": scatter_into,
+               "scatter": scatter_into}

@@ -81,14 +81,42 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
     return model
 
 
+# width attributes of modules whose plain parameters are sliced (MoE experts and routers):
+# code reads them in forward (``x.reshape(-1, self.hidden_dim)``), so they follow the slices
+WIDTH_ATTRS = ("hidden_dim", "hidden_size", "intermediate_dim", "intermediate_size", "moe_intermediate_size",
+               "expert_dim", "ffn_dim", "input_dim", "output_dim")
+
+
 def _sync_sizes(model: nn.Module, plan: dict) -> None:
-    """Size attributes of modules sliced as plain parameters (transposed convs), read back
-    from their weights so that ``repr`` and code reading ``out_channels`` see the slim width."""
-    for owner in {s["tensor"].rpartition(".")[0] for s in plan["slices"] if not s.get("virtual")}:
+    """Size attributes of modules sliced as plain parameters (transposed convs, RNNs, MoE
+    experts), read back from their weights so that ``repr`` and code reading
+    ``out_channels``/``hidden_size``/``intermediate_dim`` see the slim width."""
+    from .leaves_rnn import sync_rnn
+
+    cut: dict[str, dict[tuple, tuple]] = {}
+    for s in plan["slices"]:
+        if not s.get("virtual"):
+            owner, _, attr = s["tensor"].rpartition(".")
+            cut.setdefault(owner, {})[(attr, int(s["dim"]))] = (int(s["size"]), len(s["keep"]))
+    for owner, dims in cut.items():
         mod = model.get_submodule(owner) if owner else model
+        sizes: dict[int, set] = {}  # old size of a dim of this module's tensors -> its new sizes
+        for attr, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            for d, n in enumerate(t.shape):
+                old, new = dims.get((attr, d), (n, n))
+                sizes.setdefault(old, set()).add(new)
         if isinstance(mod, nn.modules.conv._ConvTransposeNd):
             mod.in_channels = mod.weight.shape[0]
             mod.out_channels = mod.weight.shape[1] * mod.groups
+        elif isinstance(mod, nn.RNNBase):
+            sync_rnn(mod)
+        elif not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)):
+            for attr in WIDTH_ATTRS:
+                v = getattr(mod, attr, None)
+                # an attribute equal to a sliced dim's old size takes the new one, unless two
+                # dims of that size now differ (then which one it means is unknown)
+                if isinstance(v, int) and not isinstance(v, bool) and len(sizes.get(v, ())) == 1:
+                    setattr(mod, attr, next(iter(sizes[v])))
 
 
 def _compose(model: nn.Module, plan: dict) -> None:

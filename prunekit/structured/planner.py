@@ -48,7 +48,8 @@ def kept_units_per_part(g: ChannelGroup, n_remove_units: int, round_to: int) -> 
     per = units // g.parts
     kept = units - n_remove_units
     kp = min(per, max(1, math.ceil(kept / g.parts)))
-    while (kp * g.parts * g.unit) % round_to and kp < per:
+    step = math.lcm(round_to, getattr(g, "multiple", 1))  # a kernel's alignment (grouped_mm)
+    while (kp * g.parts * g.unit) % step and kp < per:
         kp += 1
     return kp
 
