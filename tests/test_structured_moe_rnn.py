@@ -134,31 +134,38 @@ def test_moe_random_sizes(e, h, i, impl, ratio, tmp_path_factory):
 
 
 class Routed(nn.Module):
-    """Rows moved along ``dim`` by index ops: over tokens (dim 0) the channels pass; along the
-    channel dim (dim 1) the moved positions are hard-coded, so they must stay."""
+    """Rows moved along ``dim`` by one index op: over tokens (dim 0) the channels pass; along
+    the channel dim (dim 1) the moved positions are hard-coded, so the channels must stay."""
 
-    def __init__(self, dim):
+    def __init__(self, op, dim):
         super().__init__()
-        self.dim = dim
+        self.op, self.dim = op, dim
         self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 3)
 
     def forward(self, x):  # x (T, 6)
         y = torch.relu(self.a(x))
-        n = y.shape[self.dim]
-        perm = torch.arange(n - 1, -1, -1)
-        z = torch.zeros_like(y).index_add_(self.dim, perm, y)
-        z = z + y.index_select(self.dim, perm) + torch.gather(y, self.dim, perm.expand_as(y) if self.dim else
-                                                               perm[:, None].expand_as(y))
-        return self.b(z.scatter_add(self.dim, perm.expand_as(y) if self.dim else perm[:, None].expand_as(y), y))
+        perm = torch.arange(y.shape[self.dim] - 1, -1, -1)
+        full = perm.expand_as(y) if self.dim else perm[:, None].expand_as(y)
+        if self.op == "index_add":
+            z = torch.zeros_like(y).index_add_(self.dim, perm, y)
+        elif self.op == "index_copy":
+            z = torch.zeros_like(y).index_copy_(self.dim, perm, y)
+        elif self.op == "index_select":
+            z = y.index_select(self.dim, perm)
+        elif self.op == "gather":
+            z = torch.gather(y, self.dim, full)
+        else:
+            z = torch.zeros_like(y).scatter_add_(self.dim, full, y)
+        return self.b(z)
 
 
+@pytest.mark.parametrize("op", ["index_add", "index_copy", "index_select", "gather", "scatter_add"])
 @pytest.mark.parametrize("dim", [0, 1])
-def test_routing_ops_pass_channels_only_off_their_dim(dim):
+def test_routing_ops_pass_channels_only_off_their_dim(op, dim):
     torch.manual_seed(0)
-    m = Routed(dim).eval()
+    m = Routed(op, dim).eval()
     x = torch.randn(10, 6)  # 10 tokens
-    ex = S.explain(m, x)
-    assert not ex.unknown_ops
+    assert not S.explain(m, x).unknown_ops
     s = S.slim(m, x, 0.5).eval()
     assert S.check_exact(m, s, inputs=x) < 1e-5
     assert (s.a.out_features < 16) == (dim == 0)
