@@ -107,7 +107,12 @@ def check_moe(make, x, tmp_path, ratios=(0.5, 0.3)):
         kh = kept(s, "experts.down_proj", 1, h)
         assert len(ki) < i2 // 2 and len(kh) < h, "expert FFN and hidden widths both shrink"
         assert se.gate_up_proj.shape == (e, 2 * len(ki), len(kh)) and se.down_proj.shape == (e, len(kh), len(ki))
-        assert se.intermediate_dim == len(ki) and se.hidden_dim == len(kh)
+        # a width attribute follows its dim unless another dim of that old size was cut differently
+        dims = [(i2, 2 * len(ki)), (h, len(kh)), (i2 // 2, len(ki)), (e, e)]  # (old, new) of every dim
+        for attr in ("intermediate_dim", "hidden_dim"):
+            old = getattr(ex, attr)
+            new = {n for o, n in dims if o == old}
+            assert getattr(se, attr) == (new.pop() if len(new) == 1 else old)
         # the same intermediate channels go in every expert, in both the gate and the up half
         rows = torch.cat([ki, ki + i2 // 2])
         assert torch.equal(se.gate_up_proj, ex.gate_up_proj[:, rows][:, :, kh])
