@@ -81,3 +81,25 @@ def test_prune_cli_explain_prints_the_table_and_writes_nothing(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["explnet.py"]
     r = CliRunner().invoke(app, ["prune", "--model", "explnet:build", "--input-shape", "1,3,8,8", "--ratio", "0.5"])
     assert r.exit_code == 2 and "--out is required" in r.output
+
+
+def test_a_freeze_inside_a_leaf_rule_is_blamed_on_the_leaf_not_on_its_shape_queries():
+    """A LayerNorm over (channels, length) cannot lose channels; the reason must name that
+    leaf. The leaf rule's own ``x.dim()`` calls used to be recorded as model ops, so the
+    report blamed 'op dim'."""
+    import torch
+    import torch.nn as nn
+
+    from prunekit.structured import explain
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.ln, self.b = nn.Conv1d(3, 8, 1), nn.LayerNorm([8, 5]), nn.Conv1d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(self.ln(self.a(x)))
+
+    text = str(explain(M(), torch.randn(2, 3, 5)))
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["0"])
+    assert "ln (LayerNorm)" in row and "op dim" not in row, text

@@ -266,11 +266,17 @@ class Capture:
                 self.trace.append((name, "module"))
                 self.book.note(f"ignored module {name}" if name in self.ignored else
                                f"module {name} ({type(mod).__name__})")
-                if name in self.ignored:
-                    leaves.opaque(self, args, kwargs)
-                else:
-                    self.last_op = f"{type(mod).__name__} forward"
-                    leaves.handle(self, name, mod, args, kwargs, out)
+                # the rule's own tensor calls (x.dim(), shape arithmetic) are not the model's
+                # ops: keep the mode out of them, or freezes get blamed on "op dim"
+                self.leaf_depth += 1
+                try:
+                    if name in self.ignored:
+                        leaves.opaque(self, args, kwargs)
+                    else:
+                        self.last_op = f"{type(mod).__name__} forward"
+                        leaves.handle(self, name, mod, args, kwargs, out)
+                finally:
+                    self.leaf_depth -= 1
                 return None
             if self.leaf_depth:
                 return None
