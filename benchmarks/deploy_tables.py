@@ -51,7 +51,7 @@ def latency_table(res: dict) -> list[str]:
     # the target: within 10% at 1.5x and 2x, every model, batch 1 and 64
     for sp in (1.5, 2.0):
         rs = [r for r in ok if r["requested"] == sp]
-        miss = [f"{r['model']} {r['backend']} b{r['batch']} ({r['achieved_over_requested']:.2f})" for r in rs
+        miss = [f"{r['model']} {r['backend']} b{r['batch']} ({r['achieved_over_requested']:.3f})" for r in rs
                 if abs(r["achieved_over_requested"] - 1) > 0.1]
         refused = [f"{r['model']} {r['backend']} b{r['batch']}" for r in res["rows"]
                    if "error" in r and r["requested"] == sp]
@@ -125,7 +125,8 @@ def render() -> str:
                   f"L1 importance, one thread, CPU clock; `achieved` is measured after planning, independently of "
                   f"the planner, in {res['config']['rounds']} interleaved rounds (medians). Planning time includes "
                   f"measuring the latency table for the first request of each model and batch (later requests "
-                  f"reuse the cached table). Wall time {res['seconds']:.0f} s.", ""]
+                  f"reuse the cached table). Wall time {res['seconds']:.0f} s."
+                  + (f" Conditions: {res['config']['conditions']}" if res["config"].get("conditions") else ""), ""]
         if res.get("partial"):
             lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
                       f"measured.", ""]
