@@ -235,7 +235,9 @@ def test_latency_accuracy_benchmark_runs_on_a_tiny_slice(tmp_path):
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert {row["method"] for row in res["rows"]} == {"latency-aware", "uniform-l1", "global-l1"}
+    assert {row["method"] for row in res["rows"]} == {"latency-aware", "uniform-l1", "global-l1",
+                                                      "latency-aware-params"}
+    assert res["headline_variant"]["1.2"]["chosen"] in ("latency-aware", "latency-aware-params")
     assert len({row["budget_steps"] for row in res["rows"]}) == 1  # equal fine-tune budgets
     assert all(row["measured_speedup"] > 0 and row["params"] < row["params_dense"] for row in res["rows"])
     assert res["dense"] and res["summary"][0]["n"] == 1
@@ -282,3 +284,28 @@ def test_tpp_and_orthp_in_the_runner_prune_the_latency_aware_selection(tmp_path,
         cfg["methods"] = [{"name": "tpp", "targets": [0.5], "options": {"selection": "flops"}}]
         p.write_text(yaml.safe_dump(cfg))
         load_config(str(p))
+
+
+def test_param_mass_counts_the_weights_each_channel_carries():
+    x = torch.randn(1, 3, 8, 8)
+    net = _net()
+    by_size = {g.size: g for g in channel_groups(net, x) if g.prunable}
+    assert la.param_mass(net, by_size[16]) == 3 * 9 + 32 * 9  # conv0 row + conv2 column
+    assert la.param_mass(net, by_size[32]) == 16 * 9 + 10  # conv2 row + linear column
+
+
+def test_params_cost_stops_the_allocation_cutting_a_heavily_wired_group_first():
+    x = torch.randn(1, 3, 8, 8)
+    net = _net()
+    groups = channel_groups(net, x)
+    scores = group_scores(net, groups, "l1")
+    roles = la.roles_of(groups, scores)
+    (ra, a), (rb, b) = sorted(roles.items(), key=lambda kv: kv[1][0].size)
+    table = {ra: {16: 1.0, 8: 0.7}, rb: {32: 1.0, 16: 0.7}}  # equal savings per step
+    # counted per channel, halving the 16-wide group loses less importance than halving the 32-wide one
+    assert la.allocate(groups, scores, table, target_ratio=0.75) == {ra: 8, rb: 32}
+    # weighted by what each channel carries, the 16-wide group is the expensive one
+    mass = {a[0].id: 100.0, b[0].id: 1.0}
+    assert la.allocate(groups, scores, table, target_ratio=0.75, mass=mass) == {ra: 16, rb: 16}
+    with pytest.raises(ValueError, match="cost must be 'channels' or 'params'"):
+        la.latency_slim(net, x, speedup=1.5, cost="flops")

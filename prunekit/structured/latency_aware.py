@@ -166,10 +166,25 @@ def _loss(g: ChannelGroup, s: torch.Tensor, kp: int) -> float:
     return tot
 
 
-def allocate(groups, scores, table, target_ratio: float) -> dict[str, int]:
+def param_mass(model: nn.Module, g: ChannelGroup) -> float:
+    """Weights carried per channel of ``g``: rows of its producers plus columns of its consumers.
+    A residual-stream channel feeds every block, an inner channel one conv in and one out."""
+    mods = dict(model.named_modules())
+    tot = 0.0
+    for members, dim in ((g.out_layers, 0), (g.in_layers, 1)):
+        for name, idx in members:
+            w = getattr(mods.get(name), "weight", None)
+            if isinstance(w, torch.Tensor) and w.dim() > dim:
+                tot += w.numel() / w.shape[dim] * int((idx >= 0).sum())
+    return max(tot / g.size, 1.0)
+
+
+def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None) -> dict[str, int]:
     """Kept units per part for every role so that the predicted latency ratio (1 minus the
     sum of measured savings) is at most ``target_ratio``; greedy by importance lost per
-    latency saved."""
+    latency saved. ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's
+    importance loss; without it every channel counts alike, whatever it is wired to."""
+    mass = mass or {}
     roles = roles_of(groups, scores)
     options = {name: useful_widths(row) for name, row in table.items() if name in roles}
     state = {name: 0 for name in options}  # index into options (0 = full width)
@@ -181,7 +196,8 @@ def allocate(groups, scores, table, target_ratio: float) -> dict[str, int]:
                 continue
             a, b = options[name][i], options[name][i + 1]
             saved = table[name][a] - table[name][b]
-            cost = sum(_loss(g, scores[g.id], b) - _loss(g, scores[g.id], a) for g in roles[name])
+            cost = sum((_loss(g, scores[g.id], b) - _loss(g, scores[g.id], a)) * mass.get(g.id, 1.0)
+                       for g in roles[name])
             rate = cost / max(saved, 1e-6)
             if best is None or rate < best[0]:
                 best = (rate, name, saved)
@@ -216,9 +232,16 @@ def floor_speedup(model, example_inputs, groups, scores, backend="torch", thread
 
 def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1", backend: str = "torch",
                  threads: int | None = None, ignore=(), cache_dir=None, max_iters: int = 6, tolerance: float = 0.1,
-                 verify_rounds: int = 7, data=None, log=None) -> nn.Module:
+                 verify_rounds: int = 7, data=None, log=None, cost: str = "channels") -> nn.Module:
     """A slim copy of ``model`` that runs ``speedup`` times faster than it on this machine
-    (``example_inputs`` fix the batch size), within ``tolerance``, or as close as it got."""
+    (``example_inputs`` fix the batch size), within ``tolerance``, or as close as it got.
+
+    cost: how the importance a narrowing removes is counted. ``"channels"``: mean-normalised
+    scores, every channel alike. ``"params"``: each channel weighted by the weights it carries
+    (``param_mass``), so a residual stream feeding every block is not cut first just because
+    it is narrow and cheap to time."""
+    if cost not in ("channels", "params"):
+        raise ValueError(f"cost must be 'channels' or 'params', got {cost!r}")
     from ..metrics.latency import compare_latency
 
     if not isinstance(speedup, (int, float)) or speedup <= 1.0:
@@ -256,10 +279,12 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         atomic_write_json(path, {"key": key, "backend": backend, "threads": threads,
                                  "inputs": _input_shapes(example_inputs), "table": table})
     roles = roles_of(groups, scores)
+    mass = ({g.id: param_mass(model, g) for members in roles.values() for g in members} if cost == "params"
+            else None)
     target, best, history = 1.0 / speedup, None, []
     lo, hi = 0.0, 1.0  # budgets known to over- / under-shoot: the next one stays between them
     for it in range(max_iters):
-        alloc = allocate(groups, scores, table, target)
+        alloc = allocate(groups, scores, table, target, mass)
         plan = {}
         for name, kp in alloc.items():
             plan.update(_role_plan(roles[name], scores, kp))
@@ -291,7 +316,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         warnings.warn(f"latency-aware: requested {speedup:g}x, best achieved {achieved:.2f}x {where} after "
                       f"{len(history)} iterations (the latency table's prediction is off for this model); "
                       "the closest model is returned", stacklevel=2)
-    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "backend": backend, "threads": threads,
+    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost, "backend": backend, "threads": threads,
               "inputs": _input_shapes(example_inputs), "criterion": criterion if isinstance(criterion, str) else
               getattr(criterion, "__name__", "callable"),
               "table_cached": not measured, "table_key": key, "planning_seconds": time.perf_counter() - t0,
