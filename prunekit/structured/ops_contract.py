@@ -18,7 +18,7 @@ def _contract(cap, operands, out_labels, out):
     ops = []
     for t, labels in operands:
         ents = [(tuple(labels[d] for d in dims), arr) for dims, arr in cap.get(t)]
-        present = {lab for lab, s in zip(labels, t.shape) if s > 1}
+        present = {lab for lab, s in zip(labels, P.spread(t)) if s}
         ops.append(P.Operand(ents, present))
     res = P.merge(cap.book, ops, out_labels)
     return [P.to_dims(res, out_labels) for _ in flat_tensors(out)]
@@ -142,10 +142,11 @@ def sdpa(cap, name, args, kwargs, out):
             if repeat > 1 and nb - 1 in dims:
                 arr = np.repeat(arr, repeat, axis=dims.index(nb - 1))
             ents.append((tuple(labels[d] for d in dims), arr))
-        shape = list(t.shape)
-        if repeat > 1:
-            shape[nb - 1] *= repeat
-        return P.Operand(ents, {lab for lab, s_ in zip(labels, shape) if s_ > 1})
+        # a lone kv head repeated for every query head (enable_gqa) is a broadcast
+        present = {lab for lab, s_ in zip(labels, P.spread(t)) if s_}
+        if repeat > 1 and t.shape[nb - 1] > 1:
+            present.add(labels[nb - 1])
+        return P.Operand(ents, present)
 
     ops = [operand(q, bl + ["L", "E"], 1), operand(k, bl + ["S", "E"], rep), operand(v, bl + ["S", "F"], rep)]
     if isinstance(mask, torch.Tensor):

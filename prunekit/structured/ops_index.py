@@ -176,7 +176,7 @@ def getitem(cap, name, args, kwargs, out):
         return [[]]
     res = []
     for dims, arr in cap.get(x):
-        new_dims, index, ok = [], [], True
+        new_dims, index, ok, why = [], [], True, None
         for ax, d in enumerate(dims):
             out_d, sel = mapping[d]
             if sel is None:
@@ -191,8 +191,19 @@ def getitem(cap, name, args, kwargs, out):
                     new_dims.append(out_d)
             else:
                 ok = False
+                if isinstance(sel, slice) and out_d is not None:
+                    why = (f"slice [{sel.start}:{sel.stop}] of a {x.shape[d]}-channel dim (op getitem in "
+                           f"{cap.where()}): its bounds are Python numbers fixed before the op (a fused projection "
+                           "split by sizes computed from head counts, e.g. Phi-3's qkv_proj[..., :num_heads * "
+                           "head_dim]); they would not follow pruning, so these channels stay")
         if not ok:
-            cap.book.freeze(arr)  # channel positions picked by hard-coded indices
+            if why is not None:
+                prev = cap.book.marks[-1][1] if cap.book.marks else "frozen"
+                cap.book.note(why)
+                cap.book.freeze(arr)
+                cap.book.note(prev)
+            else:
+                cap.book.freeze(arr)  # channel positions picked by hard-coded indices
             continue
         sub = arr[tuple(index)]
         if new_dims:

@@ -125,6 +125,15 @@ def to_dims(labelled, out_labels) -> list[Entry]:
     return [_sorted_entry([pos[x] for x in la], arr) for la, arr in labelled]
 
 
+def spread(t) -> list[bool]:
+    """Per dim of tensor ``t``: True where it holds distinct positions. A dim of size 1, or
+    one made by broadcasting (``expand`` of a size-1 dim: stride 0, every position is the
+    same memory, e.g. the one kv head repeated for every query head) holds no channels, so
+    it cannot clash with the channels another operand has there. Used by the contraction
+    rules (matmul, einsum, attention) only: element-wise ops keep the size rule."""
+    return [s > 1 and st != 0 for s, st in zip(t.shape, t.stride())]
+
+
 def elementwise_operand(entries: list[Entry], shape, out_shape, tag) -> Operand:
     """Align an operand to the output from the right; broadcast (size-1) dims get private labels."""
     n, m = len(out_shape), len(shape)
@@ -220,9 +229,25 @@ def reshape(book: SlotBook, entries: list[Entry], src, dst, on_split=None) -> li
     # two entries can end up on the same dim (flattening a tensor tracked along two dims):
     # one dim cannot carry two channel sets, so keep neither
     clash = [i for i, (d1, _) in enumerate(out) if any(set(d1) & set(d2) for j, (d2, _) in enumerate(out) if j != i)]
+    whole = [i for i in clash if _tied_heads(book, out[i][1])]
+    if len(whole) == 1:
+        # whole heads (q's heads after attention) flattened with channels that every head
+        # shares (the lone kv head's value dims, broadcast over the query heads): keeping
+        # the heads and freezing the shared channels is exact. Each position becomes one
+        # more position of its head's first channel (the head goes whole, so does it)
+        dims, arr = out[whole[0]]
+        out[whole[0]] = (dims, np.vectorize(lambda c: int(book.coarse[int(c)][0]), otypes=[np.int64])(arr))
+        clash = [i for i in clash if i != whole[0]]
     for i in clash:
         book.freeze(out[i][1])
     return [e for i, e in enumerate(out) if i not in clash]
+
+
+def _tied_heads(book: SlotBook, arr) -> bool:
+    """True when every slot of ``arr`` is a coarse slot standing for one whole tied head."""
+    if not book.coarse or not np.isin(arr, list(book.coarse)).all():
+        return False
+    return all(book.internal(book.coarse[int(c)].reshape(1, -1), 1) for c in np.unique(arr))
 
 
 def permute(entries: list[Entry], perm: list[int]) -> list[Entry]:

@@ -85,7 +85,8 @@ def removal_plan(model: nn.Module, groups: list[ChannelGroup], pruned: dict) -> 
             firsts = g.head_rows.get((module, h))
             # a unit may stand for several heads (grouped-query: one kv head, h/len(firsts) query heads)
             dropped = sum(1 for f in firsts if f in gone) * (h // len(firsts)) if firsts else idx.numel() // d
-            heads[module].append((h, d, dropped))
+            sole = sum(1 for m2, _, _ in g.heads if m2 == module) == 1  # no kv heads go with these
+            heads[module].append((h, d, dropped, sole))
     mods = dict(model.named_modules())
     for (kind, name, _), rem in removed.items():
         if kind == "out" and len(rem) >= mods[name].weight.shape[0]:
@@ -161,7 +162,14 @@ def removal_plan(model: nn.Module, groups: list[ChannelGroup], pruned: dict) -> 
                 a["normalized_shape"] = [n]
     for module, lst in heads.items():
         mod = mods.get(module if module != "<model>" else "", model)
-        for h, d, removed_units in lst:
+        for h, d, removed_units, sole in lst:
+            kv_groups = getattr(mod, "num_key_value_groups", None)
+            if sole and type(kv_groups) is int and kv_groups == h:
+                # one kv head read by all h query heads (multi-query, HF repeat_kv): it now
+                # serves the query heads that are left. With kv heads in the same group
+                # (grouped-query) whole kv groups go and the ratio stays
+                attrs.setdefault(module if module != "<model>" else "", {})["num_key_value_groups"] = \
+                    h - removed_units
             for attr in HEAD_ATTRS:
                 if getattr(mod, attr, None) == h and isinstance(h, int):
                     attrs.setdefault(module if module != "<model>" else "", {})[attr] = h - removed_units
