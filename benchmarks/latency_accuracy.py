@@ -98,6 +98,28 @@ def finetune(net, data, cfg, seed):
     return train(net, data, hp, progress=False)
 
 
+def finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, ratio=None, rep=None) -> dict:
+    """Fine-tune a copy of slim model ``m`` with the shared recipe; its result row. ``t``: the
+    side-by-side timing ({"dense": ms, method: ms}); ``rep``: a latency-aware report."""
+    spe = steps_per_epoch(data, cfg["finetune"]["batch_size"])
+    net = copy.deepcopy(m).train()
+    t1 = time.perf_counter()
+    res = finetune(net, data, cfg, seed)
+    b = Budget(spe).add("dense", cfg["dense"]["epochs"] * steps_per_epoch(data, cfg["dense"]["batch_size"]))
+    b.add("finetune", res.steps)
+    row = {"setup": cfg["name"], "method": method, "requested_speedup": speedup, "seed": seed, "ratio": ratio,
+           "measured_speedup": t["dense"] / t[method], "dense_ms": t["dense"], "slim_ms": t[method],
+           "flops_reduction": flops(dense, x)["dense"] / flops(m, x)["dense"], "params": count_params(m),
+           "params_dense": count_params(dense), "final_acc": res.final_test_acc,
+           "val_selected_acc": res.test_at_best_val, "best_acc": res.best_test_acc, "best_val_acc": res.best_val_acc,
+           "planner_achieved": rep["achieved"] if rep else None,
+           "widths": {k: v["kept"] for k, v in rep["allocation"].items()} if rep else None,
+           **b.record(), "seconds": round(time.perf_counter() - t1, 1)}
+    print(f"  [s{seed} {speedup}x] {method}: {row['measured_speedup']:.2f}x measured, "
+          f"val-sel {res.test_at_best_val:.4f} final {res.final_test_acc:.4f}", flush=True)
+    return row
+
+
 def run_seed_speedup(cfg, seed, speedup, data, dense, cache_dir, log) -> list[dict]:
     lat = cfg["latency"]
     dense = dense.eval()
@@ -115,28 +137,8 @@ def run_seed_speedup(cfg, seed, speedup, data, dense, cache_dir, log) -> list[di
     # one side-by-side measurement of all of them: the latency the table reports
     t = compare_latency({"dense": dense, **{k: v[0] for k, v in slims.items()}}, x, num_threads=1,
                         rounds=lat["final_rounds"], min_run_time=0.05)
-    f_dense = flops(dense, x)["dense"]
-    spe = steps_per_epoch(data, cfg["finetune"]["batch_size"])
-    rows = []
-    for method, (m, ratio) in slims.items():
-        net = copy.deepcopy(m).train()
-        t1 = time.perf_counter()
-        res = finetune(net, data, cfg, seed)
-        b = Budget(spe).add("dense", cfg["dense"]["epochs"] * steps_per_epoch(data, cfg["dense"]["batch_size"]))
-        b.add("finetune", res.steps)
-        rows.append({"setup": cfg["name"], "method": method, "requested_speedup": speedup, "seed": seed,
-                     "ratio": ratio, "measured_speedup": t["dense"] / t[method], "dense_ms": t["dense"],
-                     "slim_ms": t[method], "flops_reduction": f_dense / flops(m, x)["dense"],
-                     "params": count_params(m), "params_dense": count_params(dense),
-                     "final_acc": res.final_test_acc, "val_selected_acc": res.test_at_best_val,
-                     "best_acc": res.best_test_acc, "best_val_acc": res.best_val_acc,
-                     "planner_achieved": target if method == "latency-aware" else None,
-                     "widths": ({k: v["kept"] for k, v in rep["allocation"].items()}
-                                if method == "latency-aware" else None),
-                     **b.record(), "seconds": round(time.perf_counter() - t1, 1)})
-        log(f"  [s{seed} {speedup}x] {method}: {rows[-1]['measured_speedup']:.2f}x measured, "
-            f"val-sel {res.test_at_best_val:.4f} final {res.final_test_acc:.4f}")
-    return rows
+    return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, ratio,
+                          rep if method == "latency-aware" else None) for method, (m, ratio) in slims.items()]
 
 
 def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -> list[dict]:
@@ -145,24 +147,8 @@ def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -
     dense = dense.eval()
     x = data.train.x[: lat["batch"]].clone()
     m = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir, cost=cost)
-    rep = latency_report(m)
     t = compare_latency({"dense": dense, method: m}, x, num_threads=1, rounds=lat["final_rounds"], min_run_time=0.05)
-    spe = steps_per_epoch(data, cfg["finetune"]["batch_size"])
-    net = copy.deepcopy(m).train()
-    t1 = time.perf_counter()
-    res = finetune(net, data, cfg, seed)
-    b = Budget(spe).add("dense", cfg["dense"]["epochs"] * steps_per_epoch(data, cfg["dense"]["batch_size"]))
-    b.add("finetune", res.steps)
-    row = {"setup": cfg["name"], "method": method, "requested_speedup": speedup, "seed": seed, "ratio": None,
-           "measured_speedup": t["dense"] / t[method], "dense_ms": t["dense"], "slim_ms": t[method],
-           "flops_reduction": flops(dense, x)["dense"] / flops(m, x)["dense"], "params": count_params(m),
-           "params_dense": count_params(dense), "final_acc": res.final_test_acc,
-           "val_selected_acc": res.test_at_best_val, "best_acc": res.best_test_acc, "best_val_acc": res.best_val_acc,
-           "planner_achieved": rep["achieved"], "widths": {k: v["kept"] for k, v in rep["allocation"].items()},
-           **b.record(), "seconds": round(time.perf_counter() - t1, 1)}
-    log(f"  [s{seed} {speedup}x] {method}: {row['measured_speedup']:.2f}x measured, "
-        f"val-sel {res.test_at_best_val:.4f} final {res.final_test_acc:.4f}")
-    return [row]
+    return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, rep=latency_report(m))]
 
 
 def headline_variant(summary, rows) -> dict:

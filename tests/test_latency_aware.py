@@ -23,6 +23,16 @@ def _net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
 
 
+def _two_roles():
+    """``_net``'s two prunable roles, narrower first: (x, net, groups, scores, (role, members) x 2)."""
+    x = torch.randn(1, 3, 8, 8)
+    net = _net()
+    groups = channel_groups(net, x)
+    scores = group_scores(net, groups, "l1")
+    (ra, a), (rb, b) = sorted(la.roles_of(groups, scores).items(), key=lambda kv: kv[1][0].size)
+    return x, net, groups, scores, (ra, a), (rb, b)
+
+
 def test_width_grid_has_fractions_and_simd_multiples():
     x = torch.randn(1, 3, 8, 8)
     g = next(g for g in channel_groups(_net(), x) if g.prunable and g.size == 32)
@@ -37,12 +47,7 @@ def test_useful_widths_drop_widths_that_are_not_faster():
 
 
 def test_allocation_meets_the_budget_and_prefers_cheap_importance_per_latency():
-    x = torch.randn(1, 3, 8, 8)
-    net = _net()
-    groups = channel_groups(net, x)
-    scores = group_scores(net, groups, "l1")
-    roles = la.roles_of(groups, scores)
-    (ra, a), (rb, b) = sorted(roles.items(), key=lambda kv: kv[1][0].size)
+    x, net, groups, scores, (ra, a), (rb, b) = _two_roles()
     # role A (16 channels) saves much latency per width, role B (32) almost none
     table = {ra: {16: 1.0, 8: 0.6, 4: 0.5}, rb: {32: 1.0, 16: 0.98, 8: 0.97}}
     alloc = la.allocate(groups, scores, table, target_ratio=0.7)
@@ -295,12 +300,7 @@ def test_param_mass_counts_the_weights_each_channel_carries():
 
 
 def test_params_cost_stops_the_allocation_cutting_a_heavily_wired_group_first():
-    x = torch.randn(1, 3, 8, 8)
-    net = _net()
-    groups = channel_groups(net, x)
-    scores = group_scores(net, groups, "l1")
-    roles = la.roles_of(groups, scores)
-    (ra, a), (rb, b) = sorted(roles.items(), key=lambda kv: kv[1][0].size)
+    x, net, groups, scores, (ra, a), (rb, b) = _two_roles()
     table = {ra: {16: 1.0, 8: 0.7}, rb: {32: 1.0, 16: 0.7}}  # equal savings per step
     # counted per channel, halving the 16-wide group loses less importance than halving the 32-wide one
     assert la.allocate(groups, scores, table, target_ratio=0.75) == {ra: 8, rb: 32}
