@@ -240,6 +240,7 @@ def main(argv=None, fast=FAST, full=FULL, default_out="tpp_mlp7.json", descripti
     ap.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
     ap.add_argument("--ratios", type=float, nargs="*", help="override the ratios")
     ap.add_argument("--methods", nargs="*", help="subset of methods")
+    ap.add_argument("--model", help="override the model (e.g. resnet56 in tpp_resnet.py's fast mode)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / default_out))
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="no training: combine result files of runs split with --seeds into --out")
@@ -248,7 +249,7 @@ def main(argv=None, fast=FAST, full=FULL, default_out="tpp_mlp7.json", descripti
         merge(a.merge, Path(a.out), log=lambda s: print(s, flush=True))
         return
     cfg = copy.deepcopy(full if a.full else fast)
-    for k in ("seeds", "ratios", "methods"):
+    for k in ("seeds", "ratios", "methods", "model"):
         if getattr(a, k):
             cfg[k] = getattr(a, k)
     run(cfg, Path(a.out), log=lambda s: print(s, flush=True))

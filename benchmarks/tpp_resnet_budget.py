@@ -6,6 +6,8 @@ within 5 % of TPP's 800 + 348 = 1,148), LR schedule scaled alike (x0.1 at 50 % a
 from the same dense model as ``tpp_resnet.py`` (same data, seed and pretraining code path).
 
     .venv/bin/python benchmarks/tpp_resnet_budget.py                  # ratio 0.9, LR 1e-3, seeds 0 1 2
+    .venv/bin/python benchmarks/tpp_resnet_budget.py --ratio 0.95 --out benchmarks/results/tpp_resnet_budget_0.95.json
+    .venv/bin/python benchmarks/tpp_resnet_budget.py --model resnet56 --out benchmarks/results/tpp_resnet56_budget.json
     .venv/bin/python benchmarks/tpp_resnet_budget.py --tiny --out /tmp/x.json
 """
 from __future__ import annotations
@@ -40,9 +42,11 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tpp_resnet_budget.json"))
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--model", default=FAST["model"], help="resnet20 (default) or resnet56")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     cfg = copy.deepcopy(FAST)
+    cfg["model"] = a.model
     if a.tiny:
         cfg["pretrain"] = {**cfg["pretrain"], "epochs": 1, "milestones": []}
     out = {"config": cfg, "ratio": a.ratio, "lr": a.lr, "dense": [], "rows": []}

@@ -54,6 +54,25 @@ def test_espn_resnet_fast_tiny_all_methods(tmp_path):
     assert merged["tables"]["espn-finetune"]["0.995"]["n"] == 1
 
 
+def test_espn_resnet_paper_recipe_tiny_scales_every_phase_alike(tmp_path):
+    espn_resnet.main(["--paper-recipe", "--tiny", "--seeds", "0", "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in rows_of(tmp_path / "espn_resnet")}
+    assert set(rows) == {"dense", "espn-finetune", "imp", "snip"}
+    spe = rows["dense"]["budget_steps"]  # tiny: one dense epoch
+    cfg = {"paper_scale": espn_resnet.PAPER["paper_scale"]}
+    step = lambda phase: espn_resnet.paper_steps(cfg, phase, spe)  # noqa: E731
+    # the authors' epochs x 1/40 each: IMP 24 levels of 160, SNIP 160 from init, ESPN search <= 300 + 50
+    imp = rows["imp"]
+    assert imp["levels"] == 24 and imp["level_steps"] == step("imp_level")
+    assert imp["budget_steps"] == spe + 24 * step("imp_level")
+    assert rows["snip"]["budget_steps"] == step("from_init")
+    e = rows["espn-finetune"]
+    assert e["search_steps"] <= step("search_cap")
+    assert e["budget_steps"] == spe + e["search_steps"] + step("finetune")
+    assert all(r.get("recipe") == "paper" for m, r in rows.items() if m != "dense")
+    assert (tmp_path / "espn_resnet_paper_tiny.json").exists()
+
+
 def test_espn_resnet_full_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(espn_resnet, "load_data", lambda cfg, seed: synthetic((3, 32, 32), seed=seed))
     espn_resnet.main(["--full", "--tiny", "--seeds", "0", "--sparsities", "0.9", "--out", str(tmp_path),
