@@ -307,5 +307,50 @@ def test_params_cost_stops_the_allocation_cutting_a_heavily_wired_group_first():
     # weighted by what each channel carries, the 16-wide group is the expensive one
     mass = {a[0].id: 100.0, b[0].id: 1.0}
     assert la.allocate(groups, scores, table, target_ratio=0.75, mass=mass) == {ra: 16, rb: 16}
-    with pytest.raises(ValueError, match="cost must be 'channels' or 'params'"):
+    with pytest.raises(ValueError, match="cost must be 'channels', 'params' or 'absolute'"):
         la.latency_slim(net, x, speedup=1.5, cost="flops")
+
+
+def test_absolute_cost_compares_raw_scores_across_groups():
+    x, net, groups, scores, (ra, a), (rb, b) = _two_roles()
+    table = {ra: {16: 1.0, 8: 0.69}, rb: {32: 1.0, 16: 0.7}}  # A saves a little more per step
+    # the 32-wide group's channels matter 100x more in absolute terms (e.g. Taylor loss units),
+    # the 16-wide one's are nearly free; mean-normalising hides that
+    raw = {a[0].id: torch.full((16,), 1e-3), b[0].id: torch.full((32,), 0.1)}
+    assert la.allocate(groups, raw, table, target_ratio=0.75) == {ra: 8, rb: 32}
+    assert la.allocate(groups, raw, table, target_ratio=0.75, normalise=False) == {ra: 8, rb: 32}
+    raw = {a[0].id: torch.full((16,), 0.1), b[0].id: torch.full((32,), 1e-3)}
+    assert la.allocate(groups, raw, table, target_ratio=0.75) == {ra: 8, rb: 32}  # normalised: A (saves more)
+    assert la.allocate(groups, raw, table, target_ratio=0.75, normalise=False) == {ra: 16, rb: 16}
+    # the loss of a narrowing in raw units is the sum of the removed scores
+    assert la._loss(a[0], torch.arange(16.0), 12, normalise=False) == pytest.approx(0 + 1 + 2 + 3)
+    assert la._loss(a[0], torch.arange(16.0), 12) == pytest.approx(6 / 7.5)
+
+
+def test_taylor_scores_with_absolute_cost_through_latency_slim(tmp_path, monkeypatch):
+    """The user path: criterion='taylor' with data reaches the scores, and cost='absolute'
+    plans on them unnormalised: a group whose channels the loss barely notices is cut first."""
+    _overhead_machine(monkeypatch, 0.0)  # latency = FLOPs: a known machine
+    x, net, groups, _, (ra, a), (rb, b) = _two_roles()
+    y = torch.randint(0, 10, (1,))
+    with pytest.raises(ValueError, match="taylor.*needs data"):
+        la.latency_slim(net, x, speedup=1.2, criterion="taylor", cache_dir=tmp_path, cost="absolute")
+    seen = {}
+    real = la.group_scores
+
+    def spy(model, gs, criterion="l1", data=None, **kw):
+        seen.update(criterion=criterion, data=data)
+        sc = real(model, gs, criterion, data=data, **kw)
+        # the wide group's channels 1,000x less important than the narrow group's, in one unit
+        return {g: torch.full_like(v, 1e-4 if v.numel() == 32 else 0.1) for g, v in sc.items()}
+
+    monkeypatch.setattr(la, "group_scores", spy)
+    kept = {}
+    for cost in ("absolute", "channels"):
+        s = la.latency_slim(net, x, speedup=1.3, criterion="taylor", data=(x, y), cache_dir=tmp_path, cost=cost)
+        kept[cost] = {k: v["kept"] for k, v in la.latency_report(s)["allocation"].items()}
+    assert seen["criterion"] == "taylor" and seen["data"][1] is y
+    # absolute: only the nearly free 32-wide group is narrowed; normalised, every channel counts
+    # alike and the 16-wide group, which saves more latency per channel, is cut instead
+    assert kept["absolute"]["0"] == 16 and kept["absolute"]["2"] < 32
+    assert kept["channels"]["0"] < 16

@@ -155,10 +155,13 @@ def useful_widths(row: dict) -> list[int]:
     return kept
 
 
-def _loss(g: ChannelGroup, s: torch.Tensor, kp: int) -> float:
-    """Importance removed when keeping kp units per part (scores normalised by their mean)."""
+def _loss(g: ChannelGroup, s: torch.Tensor, kp: int, normalise: bool = True) -> float:
+    """Importance removed when keeping kp units per part (scores normalised by their mean,
+    unless ``normalise`` is False: then taken as they are, for criteria in one unit across
+    groups, e.g. Taylor's estimate of the loss change)."""
     us = s.float().reshape(-1, g.unit).sum(1)
-    us = us / us.mean().clamp(min=1e-12)
+    if normalise:
+        us = us / us.mean().clamp(min=1e-12)
     per = len(us) // g.parts
     tot = 0.0
     for p in range(g.parts):
@@ -179,11 +182,13 @@ def param_mass(model: nn.Module, g: ChannelGroup) -> float:
     return max(tot / g.size, 1.0)
 
 
-def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None) -> dict[str, int]:
+def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None,
+             normalise: bool = True) -> dict[str, int]:
     """Kept units per part for every role so that the predicted latency ratio (1 minus the
     sum of measured savings) is at most ``target_ratio``; greedy by importance lost per
     latency saved. ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's
-    importance loss; without it every channel counts alike, whatever it is wired to."""
+    importance loss; without it every channel counts alike, whatever it is wired to.
+    ``normalise=False`` compares raw scores across groups (see ``_loss``)."""
     mass = mass or {}
     roles = roles_of(groups, scores)
     options = {name: useful_widths(row) for name, row in table.items() if name in roles}
@@ -196,8 +201,8 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
                 continue
             a, b = options[name][i], options[name][i + 1]
             saved = table[name][a] - table[name][b]
-            cost = sum((_loss(g, scores[g.id], b) - _loss(g, scores[g.id], a)) * mass.get(g.id, 1.0)
-                       for g in roles[name])
+            cost = sum((_loss(g, scores[g.id], b, normalise) - _loss(g, scores[g.id], a, normalise))
+                       * mass.get(g.id, 1.0) for g in roles[name])
             rate = cost / max(saved, 1e-6)
             if best is None or rate < best[0]:
                 best = (rate, name, saved)
@@ -239,9 +244,11 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     cost: how the importance a narrowing removes is counted. ``"channels"``: mean-normalised
     scores, every channel alike. ``"params"``: each channel weighted by the weights it carries
     (``param_mass``), so a residual stream feeding every block is not cut first just because
-    it is narrow and cheap to time."""
-    if cost not in ("channels", "params"):
-        raise ValueError(f"cost must be 'channels' or 'params', got {cost!r}")
+    it is narrow and cheap to time. ``"absolute"``: the scores as they are, compared across
+    groups; meant for ``criterion="taylor"`` (an estimate of the loss change, one unit for
+    every group, as in HALP), not for magnitudes whose scale differs per layer."""
+    if cost not in ("channels", "params", "absolute"):
+        raise ValueError(f"cost must be 'channels', 'params' or 'absolute', got {cost!r}")
     from ..metrics.latency import compare_latency
 
     if not isinstance(speedup, (int, float)) or speedup <= 1.0:
@@ -284,7 +291,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     target, best, history = 1.0 / speedup, None, []
     lo, hi = 0.0, 1.0  # budgets known to over- / under-shoot: the next one stays between them
     for it in range(max_iters):
-        alloc = allocate(groups, scores, table, target, mass)
+        alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute")
         plan = {}
         for name, kp in alloc.items():
             plan.update(_role_plan(roles[name], scores, kp))
