@@ -21,6 +21,7 @@ validation (headline), best epoch on test (optimistic, shown only for comparison
     .venv/bin/python benchmarks/latency_accuracy.py                 # 3 seeds x 2/3/4x (~25 min, 1 thread)
     .venv/bin/python benchmarks/latency_accuracy.py --seeds 0 --speedups 2
     .venv/bin/python benchmarks/latency_accuracy.py --merge         # table + JSON from the parts
+    .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-mnist5k   # the compute-bound setting
 
 Parts: benchmarks/results/latency_accuracy/*.json; merged: benchmarks/results/latency_accuracy.json.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -70,7 +72,30 @@ CFG = {
     # Written rule for the headline: the latency-aware variant with the higher mean
     # validation accuracy (best_val_acc) over the seeds; test accuracy is not consulted.
     "variants": {"latency-aware-params": "params"},
+    "title": "ResNet-20 (option A) on MNIST-1D",
 }
+# Second setting (fixed before its run, after the first one): a compute-bound model whose
+# layers differ in latency per channel (VGG: 16 channels at 28x28 next to 256 at 3x3), the
+# case latency-aware allocation is designed for; real MNIST digits (mnist5k, 3,600 train /
+# 400 val / 1,000 test). Three latency-aware variants, one of them chosen per speed-up by the
+# written rule above (highest mean best validation accuracy): the default (mean-normalised L1),
+# params-weighted L1, and HALP's choice, Taylor importance on 256 training samples compared
+# across groups unnormalised (cost="absolute"). Timing for every seed and speed-up runs
+# first, in one phase (a quiet machine), fine-tuning after it.
+VGG = {
+    "name": "vgg11w05-mnist5k", "model": "vgg11-bn", "model_options": {"width": 0.5},
+    "data": {"kind": "mnist5k", "val_fraction": 0.1},
+    "dense": {"epochs": 15, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+              "schedule": "cosine"},
+    "latency": CFG["latency"], "finetune": CFG["finetune"],
+    "speedups": [2.0, 3.0], "seeds": [0, 1, 2],
+    "methods": ["latency-aware", "uniform-l1", "global-l1", "latency-aware-params", "latency-aware-taylor"],
+    "variants": {"latency-aware-params": {"cost": "params"},
+                 "latency-aware-taylor": {"cost": "absolute", "criterion": "taylor"}},
+    "taylor_samples": 256,
+    "title": "VGG-11 (width 0.5, BN) on mnist5k (real MNIST digits, 28x28)",
+}
+SETTINGS = {"resnet20-mnist1d": CFG, "vgg11-mnist5k": VGG}
 
 
 def measured_speedup(dense, slim_model, x, rounds) -> float:
@@ -151,13 +176,71 @@ def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -
     return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, rep=latency_report(m))]
 
 
-def headline_variant(summary, rows) -> dict:
+def plan_all(cfg, seed, speedup, data, dense, cache_dir, log) -> dict:
+    """Timing phase of a two-phase setting: every method's slim model for one seed and
+    speed-up, and one side-by-side timing of all of them. {method: (model, ratio, report)}, t."""
+    lat = cfg["latency"]
+    dense = dense.eval()
+    x = data.train.x[: lat["batch"]].clone()
+    la = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir)
+    target = latency_report(la)["achieved"]
+    log(f"  [s{seed} {speedup}x] latency-aware achieved {target:.2f}x")
+    slims = {"latency-aware": (la, None, latency_report(la))}
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.train), generator=g)[: cfg.get("taylor_samples", 256)]
+    for method, v in cfg["variants"].items():
+        crit = v.get("criterion", "l1")
+        m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
+                         data=data.train.get_batch(idx) if crit == "taylor" else None)
+        slims[method] = (m, None, latency_report(m))
+        log(f"  [s{seed} {speedup}x] {method} achieved {latency_report(m)['achieved']:.2f}x")
+    groups = channel_groups(dense, x)
+    for method, mode in (("uniform-l1", "uniform"), ("global-l1", "global")):
+        r, _, m = match_latency(dense, x, groups, mode, target, lat["bisect_iters"], lat["bisect_rounds"], log)
+        slims[method] = (m, r, None)
+    t = compare_latency({"dense": dense, **{k: v[0] for k, v in slims.items()}}, x, num_threads=1,
+                        rounds=lat["final_rounds"], min_run_time=0.05)
+    return slims, t
+
+
+def run_two_phase(cfg, args, out_dir, log) -> None:
+    """Dense models, then timing for every (seed, speed-up) back to back, then fine-tuning."""
+    cache_dir = tempfile.mkdtemp(prefix="latency-tables-")
+    dense = {}
+    for seed in args.seeds:
+        data = load_data(cfg, seed)
+        if args.n_train:  # tests: a slice of the training split
+            data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(args.n_train, len(data.train)))))
+        net, _, row = dense_model(cfg, seed, data, out_dir, log, cache_dir=args.dense_cache)
+        atomic_write_json(out_dir / f"{cfg['name']}_s{seed}_dense.json", {"rows": [row]})
+        dense[seed] = (data, net)
+    todo = [(seed, sp) for seed in args.seeds for sp in args.speedups
+            if not part_path(out_dir, cfg, seed, sp).exists()]
+    log("PHASE timing")
+    planned = {}
+    for seed, sp in todo:
+        data, net = dense[seed]
+        try:
+            planned[(seed, sp)] = plan_all(cfg, seed, sp, data, net, cache_dir, log)
+        except UnreachableSpeedupError as e:
+            log(f"  [s{seed} {sp}x] {e}")
+            atomic_write_json(part_path(out_dir, cfg, seed, sp), {"rows": [], "unreachable": str(e)})
+    log("PHASE finetune")
+    for (seed, sp), (slims, t) in planned.items():
+        data, net = dense[seed]
+        x = data.train.x[: cfg["latency"]["batch"]].clone()
+        rows = [finetuned_row(cfg, seed, sp, data, net.eval(), x, method, m, t, ratio, rep)
+                for method, (m, ratio, rep) in slims.items()]
+        atomic_write_json(part_path(out_dir, cfg, seed, sp), {"rows": rows})
+
+
+def headline_variant(summary, rows, cfg=CFG) -> dict:
     """The written rule: per speed-up, the latency-aware variant with the higher mean best
     validation accuracy (never the test accuracy)."""
     out = {}
     for sp in sorted({r["requested_speedup"] for r in rows}):
         cands = {}
-        for m in ["latency-aware", *CFG["variants"]]:
+        for m in ["latency-aware", *cfg["variants"]]:
             v = [r["best_val_acc"] for r in rows if r["requested_speedup"] == sp and r["method"] == m]
             if v:
                 cands[m] = sum(v) / len(v)
@@ -200,9 +283,7 @@ def markdown(summary) -> str:
     return "\n".join(lines)
 
 
-def merge(out_dir: Path, out_json: Path) -> dict:
-    import json
-
+def merge(out_dir: Path, out_json: Path, cfg=CFG) -> dict:
     rows, dense, unreachable = [], [], []
     for p in sorted(out_dir.glob("*.json")):
         part = json.loads(p.read_text())
@@ -210,9 +291,9 @@ def merge(out_dir: Path, out_json: Path) -> dict:
             unreachable.append({"part": p.name, "error": part["unreachable"]})
         for r in part["rows"]:
             (dense if r.get("method") == "dense" else rows).append(r)
-    summary = summarise(rows) if rows else []
-    chosen = headline_variant(summary, rows) if rows else {}
-    result = {"benchmark": "latency_accuracy", "config": CFG, "dense": dense, "rows": rows, "summary": summary,
+    summary = summarise(rows, cfg["methods"]) if rows else []
+    chosen = headline_variant(summary, rows, cfg) if rows else {}
+    result = {"benchmark": "latency_accuracy", "config": cfg, "dense": dense, "rows": rows, "summary": summary,
               "unreachable": unreachable, "headline_variant": chosen,
               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     atomic_write_json(out_json, result)
@@ -221,32 +302,43 @@ def merge(out_dir: Path, out_json: Path) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", nargs="*", type=int, default=CFG["seeds"])
-    ap.add_argument("--speedups", nargs="*", type=float, default=CFG["speedups"])
+    ap.add_argument("--setting", choices=sorted(SETTINGS), default="resnet20-mnist1d",
+                    help="resnet20-mnist1d (the first run) or vgg11-mnist5k (compute-bound, two phases)")
+    ap.add_argument("--seeds", nargs="*", type=int)
+    ap.add_argument("--speedups", nargs="*", type=float)
     ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")
     ap.add_argument("--n-train", type=int, default=None, help="smaller MNIST-1D (tests); default the protocol's")
     ap.add_argument("--batch", type=int, default=None, help="latency batch size (tests); default 64")
     ap.add_argument("--fast-timing", action="store_true", help="fewest timing rounds (tests only)")
-    ap.add_argument("--parts", default=str(RESULTS / "latency_accuracy"))
-    ap.add_argument("--out", default=str(RESULTS / "latency_accuracy.json"))
+    ap.add_argument("--parts", default=None, help="default benchmarks/results/latency_accuracy[_<setting>]")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/latency_accuracy[_<setting>].json")
     ap.add_argument("--dense-cache", default=str(ROOT / "runs" / "espn_resnet_dense"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    base = SETTINGS[args.setting]
+    args.seeds = args.seeds if args.seeds is not None else base["seeds"]
+    args.speedups = args.speedups if args.speedups is not None else base["speedups"]
+    stem = "latency_accuracy" + ("" if base is CFG else f"_{args.setting}")
+    args.parts = args.parts or str(RESULTS / stem)
+    args.out = args.out or str(RESULTS / f"{stem}.json")
     out_dir = Path(args.parts)
     log = lambda m: print(m, flush=True)  # noqa: E731
+    cfg = copy.deepcopy(base)
+    if args.n_train:
+        cfg["name"] += f"-n{args.n_train}"
     if not args.merge:
-        cfg = copy.deepcopy(CFG)
         if args.n_train:
             cfg["data"]["n_train"] = args.n_train
-            cfg["name"] += f"-n{args.n_train}"
             cfg["dense"]["epochs"] = 1
         if args.batch:
             cfg["latency"]["batch"] = args.batch
         if args.fast_timing:
             cfg["latency"].update(bisect_iters=2, bisect_rounds=1, final_rounds=1)
             cfg["finetune"]["epochs"] = 1
+        if base is not CFG:
+            run_two_phase(cfg, args, out_dir, log)
         cache_dir = tempfile.mkdtemp(prefix="latency-tables-")  # one table per run, shared by the seeds
-        for seed in args.seeds:
+        for seed in (args.seeds if base is CFG else []):
             data = load_data(cfg, seed)
             dense, _, dense_row = dense_model(cfg, seed, data, out_dir, log, cache_dir=args.dense_cache)
             atomic_write_json(out_dir / f"{cfg['name']}_s{seed}_dense.json", {"rows": [dense_row]})
@@ -269,7 +361,7 @@ def main(argv=None):
                     if not pv.exists():
                         atomic_write_json(pv, {"rows": run_variant(cfg, seed, sp, data, dense, cache_dir, method,
                                                                    cost, log)})
-    result = merge(out_dir, Path(args.out))
+    result = merge(out_dir, Path(args.out), cfg)
     print(markdown(result["summary"]))
     return result
 

@@ -248,6 +248,32 @@ def test_latency_accuracy_benchmark_runs_on_a_tiny_slice(tmp_path):
     assert res["dense"] and res["summary"][0]["n"] == 1
 
 
+def test_latency_accuracy_two_phase_setting_times_everything_before_any_finetuning(tmp_path):
+    """The compute-bound setting: every slim model is planned and timed (quiet phase) before
+    the first fine-tune, and the Taylor variant is one of the candidates of the written rule."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_accuracy.py"
+    out = tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, str(script), "--setting", "vgg11-mnist5k", "--n-train", "200", "--seeds", "0",
+                        "--speedups", "1.2", "--batch", "2", "--fast-timing", "--parts", str(tmp_path / "parts"),
+                        "--out", str(out), "--dense-cache", str(tmp_path / "dense")], capture_output=True, text=True,
+                       timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = r.stdout
+    assert log.index("PHASE timing") < log.index("PHASE finetune") < log.index("measured, val-sel")
+    res = json.loads(out.read_text())
+    methods = {row["method"] for row in res["rows"]}
+    assert methods == {"latency-aware", "uniform-l1", "global-l1", "latency-aware-params", "latency-aware-taylor"}
+    taylor = next(row for row in res["rows"] if row["method"] == "latency-aware-taylor")
+    assert taylor["widths"] and res["config"]["variants"]["latency-aware-taylor"]["criterion"] == "taylor"
+    assert set(res["headline_variant"]["1.2"]["mean_best_val_acc"]) == {
+        "latency-aware", "latency-aware-params", "latency-aware-taylor"}
+    assert len({row["budget_steps"] for row in res["rows"]}) == 1
+
+
 def test_tpp_and_orthp_in_the_runner_prune_the_latency_aware_selection(tmp_path, monkeypatch):
     """``selection: latency`` through the path users run: the slim model the runner reports has
     exactly the widths of the latency-aware plan for 1 / (1 - target), computed independently
