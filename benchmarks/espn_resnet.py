@@ -19,6 +19,8 @@ Methods (all masks are an exact global top-k over conv+linear weights, classifie
   imp                  20%/level, global |w|, rewind to the end of dense epoch 1, equal steps per level
   snip, grasp, synflow at init (fresh seeded init), trained from scratch for B steps
   magnitude, random    on the dense model, fine-tuned X steps with the dense recipe
+  gmp                  from the dense model, X steps of the same fine-tune recipe with gradual
+                       magnitude pruning (cubic schedule, 20 mask updates over the first 75 %)
   espn-rewind          warm-up = dense epoch 1 (rewind point), search, retrain to B
 Controls (99.5% by default): espn-mask/dense-weights/imp-recipe, imp-mask/dense-weights/espn-recipe,
 espn-finetune x3 fine-tune.
@@ -45,6 +47,7 @@ from budget import Budget, atomic_write_json, layer_kept, mnist1d_bundle, save_p
 from prunekit import data as datasets  # noqa: E402
 from prunekit import models  # noqa: E402
 from prunekit.methods.espn import copy_searched  # noqa: E402
+from prunekit.methods.gmp import GMPCallback  # noqa: E402
 from prunekit.methods.imp import imp_path, imp_schedule  # noqa: E402
 from prunekit.sparse.espn import ESPNSearch, default_alpha  # noqa: E402
 from prunekit.sparse.masks import apply_masks, get_masks, magnitude_masks, random_masks, sparsity_report  # noqa: E402
@@ -53,8 +56,8 @@ from prunekit.training import TrainHparams, evaluate, train  # noqa: E402
 from prunekit.training.callbacks import Callback, RecordAt  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-ALL_METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "imp", "espn-finetune", "espn-finetune-rule",
-               "espn-rewind"]
+ALL_METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "imp", "gmp", "espn-finetune",
+               "espn-finetune-rule", "espn-rewind"]
 CONTROLS = ["ctl-espn-mask-dense-imp-recipe", "ctl-imp-mask-dense-espn-recipe", "ctl-espn-finetune-ft-x3"]
 
 FAST = {
@@ -304,6 +307,12 @@ def run_method(cfg, method, sparsity, seed, data, dense, rewind, dense_row, cach
         apply_masks(net, masks)
         res = train_steps(net, data, dense_hp(cfg, seed, lr=0.01), X, seed=seed)
         return result_row(cfg, method, sparsity, seed, net, res, Budget(spe).add("dense", D).add("finetune", res.steps), t0)
+    if method == "gmp":
+        net = copy.deepcopy(dense)
+        ramp = max(1, int(0.75 * X))
+        cb = GMPCallback(sparsity, start=0, end=ramp, every=max(1, ramp // 20))
+        res = train_steps(net, data, dense_hp(cfg, seed, lr=0.01), X, callbacks=[cb], seed=seed)
+        return result_row(cfg, method, sparsity, seed, net, res, Budget(spe).add("dense", D).add("gradual", res.steps), t0)
     if method == "espn-rewind":
         warm = copy.deepcopy(dense)
         warm.load_state_dict(rewind)

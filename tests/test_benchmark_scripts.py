@@ -48,7 +48,8 @@ def test_espn_resnet_fast_tiny_all_methods(tmp_path):
     # budget-matched: every main method within 5% of ESPN-Finetune's total (tiny IMP rounds up to 1 step/level)
     ref = next(r for r in rows if r["method"] == "espn-finetune")["budget_steps"]
     for r in rows:
-        if r["method"] in ("snip", "grasp", "synflow", "magnitude", "random", "espn-finetune-rule", "espn-rewind"):
+        if r["method"] in ("snip", "grasp", "synflow", "magnitude", "random", "gmp", "espn-finetune-rule",
+                           "espn-rewind"):
             assert abs(r["budget_steps"] - ref) <= 0.05 * ref, r["method"]
     merged = json.loads((tmp_path / "espn_resnet_tiny.json").read_text())
     assert merged["tables"]["espn-finetune"]["0.995"]["n"] == 1
