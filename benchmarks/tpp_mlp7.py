@@ -135,6 +135,9 @@ def finetune_row(model, data, hp: TrainHparams, base: dict, jsv_x) -> dict:
             "params": count_params(model), "epochs": hp.epochs, "finetune_seconds": round(time.perf_counter() - t0, 1)}
 
 
+TPP_REG_STEPS = 800  # the "bench" preset: rise 500 + stabilise 300 (budget-matched controls)
+
+
 def run(cfg: dict, out_path: Path, log=print) -> dict:
     torch.set_num_threads(1)
     result = {"benchmark": out_path.stem, "config": cfg, "dense": [], "rows": []}
@@ -169,8 +172,17 @@ def run(cfg: dict, out_path: Path, log=print) -> dict:
                 # Scratch trains once with the dense model's budget: its LR column is the pretrain LR.
                 hps = ([pre] if method == "Scratch" else
                        [TrainHparams(**cfg["finetune"], lr=lr, seed=seed) for lr in cfg["lrs"]])
+                if method in cfg.get("budget_matched", []):
+                    # the budget-matched control in the same run, from the same dense model: the
+                    # fine-tune lengthened by TPP's regularisation steps (LR steps at 50 % / 75 %)
+                    spe = -(-len(data.train) // cfg["finetune"]["batch_size"])
+                    ep = cfg["finetune"]["epochs"] + round(cfg["tpp_reg_steps"] / spe)
+                    hps = hps + [TrainHparams(**{**cfg["finetune"], "epochs": ep, "milestones": [ep // 2, 3 * ep // 4]},
+                                              lr=lr, seed=seed) for lr in cfg["budget_lrs"]]
                 for hp in hps:
                     row = finetune_row(copy.deepcopy(pruned), data, hp, base, jsv_x)
+                    if hp.epochs != cfg["finetune"]["epochs"] and method != "Scratch":
+                        row.update(method=f"{method} (budget-matched)", table="budget-matched")
                     result["rows"].append(row)
                     result["seconds"] = round(time.perf_counter() - t_all, 1)
                     atomic_write_json(out_path, result)
@@ -241,6 +253,10 @@ def main(argv=None, fast=FAST, full=FULL, default_out="tpp_mlp7.json", descripti
     ap.add_argument("--ratios", type=float, nargs="*", help="override the ratios")
     ap.add_argument("--methods", nargs="*", help="subset of methods")
     ap.add_argument("--model", help="override the model (e.g. resnet56 in tpp_resnet.py's fast mode)")
+    ap.add_argument("--lrs", type=float, nargs="*", help="override the fine-tune LRs")
+    ap.add_argument("--budget-matched", nargs="*", metavar="METHOD",
+                    help="also fine-tune these methods for TPP's total steps (at --budget-lrs, default 1e-3)")
+    ap.add_argument("--budget-lrs", type=float, nargs="*", default=[1e-3])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / default_out))
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="no training: combine result files of runs split with --seeds into --out")
@@ -249,9 +265,11 @@ def main(argv=None, fast=FAST, full=FULL, default_out="tpp_mlp7.json", descripti
         merge(a.merge, Path(a.out), log=lambda s: print(s, flush=True))
         return
     cfg = copy.deepcopy(full if a.full else fast)
-    for k in ("seeds", "ratios", "methods", "model"):
+    for k in ("seeds", "ratios", "methods", "model", "lrs"):
         if getattr(a, k):
             cfg[k] = getattr(a, k)
+    if a.budget_matched:
+        cfg.update(budget_matched=a.budget_matched, budget_lrs=a.budget_lrs, tpp_reg_steps=TPP_REG_STEPS)
     run(cfg, Path(a.out), log=lambda s: print(s, flush=True))
 
 

@@ -119,3 +119,29 @@ def test_tpp_resnet_budget_tiny(tmp_path):
     d = json.loads(out.read_text())
     assert {r["method"] for r in d["rows"]} == {"L1", "L1+OrthP"}
     assert all(r["budget_steps"] > 0 and r["table"] == "budget-matched" for r in d["rows"])
+
+
+def test_tpp_resnet_budget_matched_rows_come_from_the_same_dense_model(tmp_path, monkeypatch):
+    """tpp_resnet.py --budget-matched L1: the control runs in the same process as TPP, from the
+    same dense model, fine-tuned for the paper recipe's epochs plus TPP's regularisation steps."""
+    import copy as _copy
+
+    import tpp_mlp7
+    import tpp_resnet
+
+    real_load = tpp_mlp7.datasets.load
+    monkeypatch.setattr(tpp_mlp7.datasets, "load", lambda name, **kw: real_load(
+        "synthetic", shape=(1, 1, 40), n_train=256, n_test=64, val_fraction=0.1, seed=kw.get("seed", 0)))
+    cfg = _copy.deepcopy(tpp_resnet.FAST)
+    cfg.update(seeds=[0], ratios=[0.5], methods=["L1", "TPP"], lrs=[1e-3], jsv_samples=4,
+               model_options={"width": 0.25}, budget_matched=["L1"], budget_lrs=[1e-3], tpp_reg_steps=16)
+    cfg["pretrain"] = {**cfg["pretrain"], "epochs": 1, "milestones": []}
+    cfg["finetune"] = {**cfg["finetune"], "epochs": 2, "milestones": [1]}
+    cfg["tpp"] = {"preset": "bench", "delta": 0.5, "every": 1, "stabilise": 4, "zero_every": 2}
+    res = tpp_mlp7.run(cfg, tmp_path / "r.json", log=lambda s: None)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert set(rows) == {"L1", "TPP", "L1 (budget-matched)"}
+    spe = -(-256 * 9 // 10 // cfg["finetune"]["batch_size"])  # synthetic: 256 train, 10 % validation
+    assert rows["L1"]["epochs"] == 2 and rows["L1 (budget-matched)"]["epochs"] == 2 + round(16 / spe)
+    assert rows["L1 (budget-matched)"]["table"] == "budget-matched"
+    assert rows["L1 (budget-matched)"]["acc_after_prune"] == rows["L1"]["acc_after_prune"]  # the same slim net
