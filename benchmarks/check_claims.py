@@ -49,7 +49,7 @@ def f2(p, d=2):
 
 
 # ------------------------------------------------------------------ ESPN on ResNet-20
-ESPN_ORDER = ["random", "magnitude", "snip", "grasp", "synflow", "imp", "espn-finetune", "espn-finetune-rule",
+ESPN_ORDER = ["random", "magnitude", "snip", "grasp", "synflow", "imp", "gmp", "espn-finetune", "espn-finetune-rule",
               "espn-rewind", "ctl-espn-mask-dense-imp-recipe", "ctl-imp-mask-dense-espn-recipe", "ctl-espn-finetune-ft-x3"]
 
 
@@ -202,16 +202,15 @@ def tpp_resnet_block() -> str:
         rs = [r for r in rows if (r["ratio"], r["method"], r["lr"]) == (ratio, m, lr)]
         out.append(f"| {ratio} | {m} | {lr:g} | {len(rs)} | {f2(ms([100 * r['val_selected_acc'] for r in rs]))} | "
                    f"{f2(ms([100 * r['final_acc'] for r in rs]))} | {f2(ms([100 * r['best_acc'] for r in rs]))} | {b[m]} |")
-    bm = load("tpp_resnet_budget.json")
-    bm_rows = bm["rows"] if bm else []
+    bm_rows = [r for f in ("tpp_resnet_budget.json", "tpp_resnet_budget_0.95.json") for r in (load(f) or {}).get("rows", [])]
     if bm_rows:
         out += ["", f"Budget-matched control (`tpp_resnet_budget.py`): L1 and L1+OrthP fine-tune "
                     f"{bm_rows[0]['finetune_epochs']} epochs instead of 12, so their total steps match TPP's "
                     f"(dense + 800 regularisation + 348 fine-tune):", "",
                 "| ratio | method | LR | n | test @ val-chosen epoch % | final epoch % | best epoch on test % (as the paper reports) | budget steps |",
                 "|---|---|---|---|---|---|---|---|"]
-        for m in ("L1", "L1+OrthP"):
-            rs = [r for r in bm_rows if r["method"] == m]
+        for ratio, m in sorted({(r["ratio"], r["method"]) for r in bm_rows}):
+            rs = [r for r in bm_rows if (r["ratio"], r["method"]) == (ratio, m)]
             if rs:
                 out.append(f"| {rs[0]['ratio']} | {m} (budget-matched) | {rs[0]['lr']:g} | {len(rs)} | "
                            f"{f2(ms([100 * r['val_selected_acc'] for r in rs]))} | {f2(ms([100 * r['final_acc'] for r in rs]))} | "
