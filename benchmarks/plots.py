@@ -1,6 +1,6 @@
 """Plots of the issue-13 experiments that their scripts do not draw themselves, from the JSON.
 
-    .venv/bin/python benchmarks/plots.py      # results/tpp_resnet.png, results/tpp_controls_sweep.png
+    .venv/bin/python benchmarks/plots.py      # results/tpp_resnet{,56}.png, results/tpp_controls_sweep.png
 
 (espn_resnet.py and tpp_controls.py draw their own plots: results/espn_resnet*.png,
 results/tpp_controls_mlp7_mnist5k.png.)
@@ -26,24 +26,36 @@ def _plt():
     return plt
 
 
-def tpp_resnet(png=RES / "tpp_resnet.png"):
+def tpp_resnet(name="tpp_resnet.json", png=RES / "tpp_resnet.png", label="ResNet-20",
+               budget_files=("tpp_resnet_budget.json", "tpp_resnet_budget_0.95.json")):
+    """Both tables of a TPP ResNet run: paper-recipe lines, budget-matched points (dashed)."""
     from budget import save_png
 
-    d = json.loads((RES / "tpp_resnet.json").read_text())
+    p = RES / name
+    if not p.exists():
+        return
+    d = json.loads(p.read_text())
+    bm = [r for f in budget_files if (RES / f).exists() for r in json.loads((RES / f).read_text())["rows"]]
+    bm += [{**r, "method": r["method"].replace(" (budget-matched)", "")} for r in d["rows"]
+           if r.get("table") == "budget-matched"]
+    rows = [r for r in d["rows"] if r.get("table") != "budget-matched"]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, lr in zip(axes, (1e-2, 1e-3)):
-        for m in ("L1", "L1+OrthP", "GReg-2", "TPP", "Scratch"):
-            pts = {}
-            for r in d["rows"]:
-                if r["method"] == m and (r["lr"] == lr or m == "Scratch"):
-                    pts.setdefault(r["ratio"], []).append(100 * r["val_selected_acc"])
-            xs = sorted(pts)
-            if xs:
-                ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs],
-                            yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs],
-                            marker="o", capsize=2, label=m + (" (dense budget, LR 0.1)" if m == "Scratch" else ""))
-        ax.set_title(f"ResNet-20 / MNIST-1D, fine-tune LR {lr:g} (paper recipe; no budget-matched run)", fontsize=8)
+        for src, suffix, ls in ((rows, "", "-"), (bm, " (budget-matched)", "--")):
+            for m in ("L1", "L1+OrthP", "GReg-2", "TPP", "Scratch"):
+                pts = {}
+                for r in src:
+                    if r["method"] == m and (r["lr"] == lr or m == "Scratch"):
+                        pts.setdefault(r["ratio"], []).append(100 * r["val_selected_acc"])
+                xs = sorted(pts)
+                if xs:
+                    ax.errorbar(xs, [statistics.mean(pts[x]) for x in xs],
+                                yerr=[statistics.stdev(pts[x]) if len(pts[x]) > 1 else 0 for x in xs], ls=ls,
+                                marker="o", capsize=2,
+                                label=m + suffix + (" (dense budget, LR 0.1)" if m == "Scratch" else ""))
+        ax.set_title(f"{label} / MNIST-1D, LR {lr:g}: paper recipe (solid), budget-matched (dashed)",
+                     fontsize=8)
         ax.set_xlabel("pruning ratio of layer*.conv1")
         ax.set_ylabel("test % at the epoch chosen on validation")
         ax.legend(fontsize=7)
@@ -79,4 +91,5 @@ def tpp_sweep(png=RES / "tpp_controls_sweep.png"):
 
 if __name__ == "__main__":
     tpp_resnet()
+    tpp_resnet("tpp_resnet56.json", RES / "tpp_resnet56.png", "ResNet-56", ())
     tpp_sweep()
