@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from prunekit import models  # noqa: E402
 from prunekit.foundations.io import atomic_write_json  # noqa: E402
 from prunekit.structured import check_exact, slim  # noqa: E402
-from prunekit.structured.groups import analyse  # noqa: E402
+from prunekit.structured.trace.groups import analyse  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "engine_coverage.json"
 RATIO = 0.5

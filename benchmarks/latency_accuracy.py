@@ -50,7 +50,7 @@ from espn_resnet import dense_model, load_data  # noqa: E402
 from prunekit.metrics import count_params, flops  # noqa: E402
 from prunekit.metrics.latency import compare_latency  # noqa: E402
 from prunekit.structured import channel_groups, slim  # noqa: E402
-from prunekit.structured.latency_aware import UnreachableSpeedupError, latency_report, latency_slim  # noqa: E402
+from prunekit.structured.selection.latency_aware import UnreachableSpeedupError, latency_report, latency_slim  # noqa: E402
 from prunekit.training import TrainHparams, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

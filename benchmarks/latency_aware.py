@@ -1,7 +1,7 @@
 """Latency-aware pruning: does ``slim(speedup=s)`` deliver s on this machine?
 
 For each model, batch size and requested speed-up (1.5x, 2x, 3x): plan with
-``prunekit.structured.latency_aware.latency_slim`` (L1 importance, one thread), then time
+``prunekit.structured.selection.latency_aware.latency_slim`` (L1 importance, one thread), then time
 the slim model against the dense model *again, independently of the planner* (fresh
 interleaved rounds, CPU clock at one thread, medians), and report achieved / requested,
 FLOPs reduction, params and the planning time (table measurement included; the table of
@@ -33,7 +33,7 @@ from prunekit import models  # noqa: E402
 from prunekit.foundations.io import atomic_write_json  # noqa: E402
 from prunekit.metrics import count_params, flops  # noqa: E402
 from prunekit.metrics.latency import compare_latency  # noqa: E402
-from prunekit.structured.latency_aware import latency_report, latency_slim  # noqa: E402
+from prunekit.structured.selection.latency_aware import latency_report, latency_slim  # noqa: E402
 
 
 def bert(batch):

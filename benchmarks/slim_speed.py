@@ -49,7 +49,7 @@ from prunekit import models  # noqa: E402
 from prunekit.foundations.io import atomic_write_json  # noqa: E402
 from prunekit.metrics import flops  # noqa: E402
 from prunekit.metrics.latency import OrtRunner  # noqa: E402
-from prunekit.structured.deploy import fold_bn, simd_lanes, simd_round_to, to_channels_last  # noqa: E402
+from prunekit.structured.surgery.deploy import fold_bn, simd_lanes, simd_round_to, to_channels_last  # noqa: E402
 
 EXPECTED_TORCH = "2.13.0"
 
@@ -121,7 +121,7 @@ def our_slim(dense, x, ratio, round_to, groups, slim_kw):
 
 def slimmed_widths(groups, ratio, slim_kw):
     """Sizes of the channel groups ``slim`` will cut at ``ratio`` (for simd_round_to)."""
-    from prunekit.structured.planner import group_ratio
+    from prunekit.structured.selection.planner import group_ratio
     return [g.size for g in groups
             if g.prunable and group_ratio(g, ratio, slim_kw.get("overrides"), slim_kw.get("skip", ())) > 0]
 

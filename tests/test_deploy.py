@@ -1,4 +1,4 @@
-"""prunekit.structured.deploy: exact BN folding, channels-last layout, SIMD-friendly widths."""
+"""prunekit.structured.surgery.deploy: exact BN folding, channels-last layout, SIMD-friendly widths."""
 import pytest
 import torch
 import torch.nn as nn
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from prunekit import models
 from prunekit.sparse.masks import apply_masks, remove_masks
-from prunekit.structured.deploy import (conv_bn_pairs, count_batchnorms, deploy, fold_bn, simd_lanes,
+from prunekit.structured.surgery.deploy import (conv_bn_pairs, count_batchnorms, deploy, fold_bn, simd_lanes,
                                         simd_round_to, to_channels_last)
 
 
@@ -284,7 +284,7 @@ def test_simd_round_to_mirrors_round_up_planning():
 def test_simd_round_to_agrees_with_slim_channel_counts():
     # The helper's model of rounding must match what slim actually keeps.
     from prunekit.structured import slim
-    from prunekit.structured.deploy import _kept_after_rounding
+    from prunekit.structured.surgery.deploy import _kept_after_rounding
     m = models.build("resnet20", 3, 32, 10, option="A").eval()
     x = torch.randn(1, 3, 32, 32)
     for ratio, rt in ((0.3, 4), (0.3, 8), (0.5, 8)):

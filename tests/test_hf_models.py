@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 T = transformers
 
 from prunekit.structured import check_exact, slim  # noqa: E402
-from prunekit.structured.deploy import count_batchnorms, fold_bn  # noqa: E402
+from prunekit.structured.surgery.deploy import count_batchnorms, fold_bn  # noqa: E402
 
 _TXT = dict(vocab_size=99, max_position_embeddings=64)
 _BERTLIKE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, num_labels=3, **_TXT)

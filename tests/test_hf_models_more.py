@@ -112,7 +112,7 @@ CASES = {
 }
 
 # Architectures whose analysis misses a hard-coded width: plain slim only succeeds because
-# the automatic fallback (``prunekit.structured.fallback``) freezes the groups the slim
+# the automatic fallback (``prunekit.structured.surgery.fallback``) freezes the groups the slim
 # model trips on; ``slim_report`` says so. An analysis-level fix makes the report None.
 NEEDS_FALLBACK = {
     "pvt": "PvtPatchEmbeddings.forward (pvt.encoder.patch_embeddings.1) raises ValueError 'Make sure that the "

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import prunekit
 from prunekit import models
 from prunekit.structured import channel_groups
-from prunekit.structured import latency_aware as la
-from prunekit.structured.importance import group_scores
+from prunekit.structured.selection import latency_aware as la
+from prunekit.structured.selection.importance import group_scores
 
 
 def _net():

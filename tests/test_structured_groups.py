@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from prunekit import models
 from prunekit.structured import channel_groups, check_exact, slim, slim_with_plan
-from prunekit.structured.groups import analyse
+from prunekit.structured.trace.groups import analyse
 
 torch.set_num_threads(1)
 

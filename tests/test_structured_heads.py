@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import prunekit  # noqa: E402
 from prunekit.structured import channel_groups, check_exact, slim  # noqa: E402
-from prunekit.structured.plan import get_plan  # noqa: E402
+from prunekit.structured.surgery.plan import get_plan  # noqa: E402
 
 
 def _kept_rows(s, tensor):

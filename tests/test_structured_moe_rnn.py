@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import prunekit.structured as S
-from prunekit.structured.plan import get_plan
+from prunekit.structured.surgery.plan import get_plan
 
 
 def kept(slim_model, tensor, dim, size):

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from prunekit.structured import Examples, channel_groups, check_exact, several, slim
-from prunekit.structured.examples import as_list
+from prunekit.structured.trace.examples import as_list
 
 
 class Branchy(nn.Module):

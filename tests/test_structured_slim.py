@@ -11,7 +11,7 @@ from prunekit import models
 from prunekit.foundations.io import CheckpointError
 from prunekit.structured import (TraceError, channel_groups, check_exact, get_plan, group_scores, load_pruned,
                                  plan_removal, register_criterion, save_pruned, slim, slim_with_plan)
-from prunekit.structured.importance import CRITERIA
+from prunekit.structured.selection.importance import CRITERIA
 
 torch.set_num_threads(1)
 

@@ -59,7 +59,7 @@ def _as_args(example_inputs) -> tuple[tuple, dict]:
 def deployable_copy(model: nn.Module, example_inputs=None, fold: bool = True) -> nn.Module:
     """An eval-mode copy as it ships: parametrizations (masks) removed, BN folded if asked."""
     from ..sparse.masks import remove_masks
-    from ..structured.deploy import fold_bn
+    from ..structured.surgery.deploy import fold_bn
 
     m = remove_masks(copy.deepcopy(model)).eval()
     if fold:
@@ -142,7 +142,7 @@ def to_onnx(model: nn.Module, example_inputs, path, fold: bool = True, rtol: flo
     finally:
         quiet.setLevel(level)
         Path(tmp).unlink(missing_ok=True)
-    from ..structured.deploy import count_batchnorms
+    from ..structured.surgery.deploy import count_batchnorms
 
     return {"path": str(path), "max_rel_error": err,
             "folded_bn": count_batchnorms(model) - count_batchnorms(m) if fold else 0}

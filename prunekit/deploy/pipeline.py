@@ -162,7 +162,7 @@ def prune_to_dir(out: str, model_spec: str | None = None, hf: str | None = None,
     from ..metrics import count_params, flops
     from ..metrics.latency import compare_latency
     from ..structured import check_exact, save_pruned, slim
-    from ..structured.importance import CRITERIA
+    from ..structured.selection.importance import CRITERIA
     from .hf import is_hf
 
     targets = [t for t in (ratio, flops_reduction, speedup) if t is not None]
@@ -199,7 +199,7 @@ def prune_to_dir(out: str, model_spec: str | None = None, hf: str | None = None,
     s.eval()
     err = check_exact(model, s, inputs=x)
     f0, f1 = flops(model, x)["dense"], flops(s, x)["dense"]
-    from ..structured.latency_aware import latency_report
+    from ..structured.selection.latency_aware import latency_report
 
     report = {"source": model_spec or hf, "criterion": criterion, "target": {"ratio": ratio,
               "flops_reduction": flops_reduction, "speedup": speedup}, "planning_seconds": round(plan_s, 2),

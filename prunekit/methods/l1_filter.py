@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..foundations.hparams import hp
 from ..structured import slim
-from ..structured.importance import CRITERIA
+from ..structured.selection.importance import CRITERIA
 from .base import PruningMethod
 from .registry import register
 

@@ -1,4 +1,4 @@
-"""Latency-aware L1 pruning: structured, to a measured speed-up (``structured.latency_aware``).
+"""Latency-aware L1 pruning: structured, to a measured speed-up (``structured.selection.latency_aware``).
 
 The runner's target for this method is the fraction of latency removed on this machine,
 ``1 - 1/speedup`` (0.5 = twice as fast), measured at ``batch_size`` with ``threads`` on
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..foundations.hparams import hp
-from ..structured.importance import CRITERIA
-from ..structured.latency_aware import latency_slim
+from ..structured.selection.importance import CRITERIA
+from ..structured.selection.latency_aware import latency_slim
 from .base import PruningMethod
 from .registry import register
 

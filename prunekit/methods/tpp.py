@@ -125,7 +125,7 @@ class TPPRegularizer:
     def __init__(self, model: nn.Module, example_inputs, ratio: float = 0.5, hparams: TPPHparams | None = None,
                  groups=None, ignore=(), plan=None, **overrides):
         # plan: a given selection ({group id: channels to remove} over ``groups``), e.g. the
-        # latency-aware one from structured.latency_aware.latency_plan; default TPP's L1 choice
+        # latency-aware one from structured.selection.latency_aware.latency_plan; default TPP's L1 choice
         self.hp = replace(hparams or TPPHparams(), **overrides) if overrides else (hparams or TPPHparams())
         self.model, self.example_inputs, self.ratio = model, example_inputs, ratio
         if plan is not None and groups is None:

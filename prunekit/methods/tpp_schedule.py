@@ -174,7 +174,7 @@ class PlanHparams(SelectHparams):
                               "each selected layer loses its smallest-L1 filters (the papers). latency: the target "
                               "is the fraction of measured latency removed (0.5 = twice as fast on this machine) "
                               "and the latency-aware planner allocates widths over every prunable group "
-                              "(structured.latency_aware; layers/layer_ratios/skip are not used).",
+                              "(structured.selection.latency_aware; layers/layer_ratios/skip are not used).",
                         choices=("l1", "latency"))
     latency_batch: int = hp(1, "Batch size at which latency is measured when selection is latency.")
 
@@ -189,7 +189,7 @@ def selection_plan(model: nn.Module, groups, target: float, sel, data=None) -> d
     measured at ``sel.latency_batch`` (one thread, torch eager)."""
     if getattr(sel, "selection", "l1") != "latency":
         return l1_plan(model, groups, target, sel)
-    from ..structured.latency_aware import latency_plan
+    from ..structured.selection.latency_aware import latency_plan
 
     if not 0.0 < target < 1.0:
         raise ValueError(f"selection 'latency': the target is the fraction of latency removed, in (0, 1); "

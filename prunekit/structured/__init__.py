@@ -11,11 +11,11 @@ Public API::
     err = check_exact(model, slim_model, inputs=example_inputs)    # < 1e-5 when correct
     save_pruned(slim_model, "dir"); m = load_pruned("dir", fresh_model)
 
-Modules: ``capture`` (recording the forward), ``ops`` (dispatch) with ``ops_shape``/
-``ops_index``/``ops_contract``, ``leaves``, ``mha``, ``propagate``, ``slots`` (channel
-propagation rules), ``padding`` (channels inserted by ``F.pad``), ``groups`` (ChannelGroup), ``importance``,
-``planner``, ``slim`` (slim_with_plan), ``prune`` (slim), ``plan`` (kept-index plans),
-``saveload``, ``exactness``.
+Layout (sub-packages by role): ``trace/`` records the forward and builds the channel
+groups; ``rules/`` says how each op and module moves channels (a new rule goes there);
+``selection/`` picks the channels (importance, planner, latency-aware); ``surgery/`` removes
+them physically, validates the result and saves/loads it; ``prune.py`` is ``slim()``, the
+front door that ties them together.
 
 What is pruned: conv/linear channels with everything coupled to them (BN/LN/GN/RMSNorm
 and library RMSNorms, residual additions incl. zero-padding shortcuts, whose padded-in
@@ -40,18 +40,18 @@ holds, RNN/LSTM/GRU modules. Kept channels still appear in groups (``prunable=Fa
 every output row of every nn.Conv*/Linear is in exactly one group (transposed convs and
 functional convs appear in ``params``, their frozen rows in no group).
 """
-from .capture import TraceError
-from .examples import Examples, several
-from .exactness import check_exact, reference_model
-from .explain import Explanation, explain
-from .fallback import slim_report
-from .groups import ChannelGroup, channel_groups
-from .importance import CRITERIA, group_scores, register_criterion
-from .plan import apply_plan, get_plan
-from .planner import plan_removal
+from .trace.capture import TraceError
+from .trace.examples import Examples, several
+from .surgery.exactness import check_exact, reference_model
+from .trace.explain import Explanation, explain
+from .surgery.fallback import slim_report
+from .trace.groups import ChannelGroup, channel_groups
+from .selection.importance import CRITERIA, group_scores, register_criterion
+from .surgery.plan import apply_plan, get_plan
+from .selection.planner import plan_removal
 from .prune import slim
-from .saveload import load_pruned, save_pruned
-from .slim import removal_plan, slim_with_plan
+from .surgery.saveload import load_pruned, save_pruned
+from .surgery.slim import removal_plan, slim_with_plan
 
 __all__ = ["CRITERIA", "ChannelGroup", "Examples", "Explanation", "TraceError", "apply_plan", "channel_groups",
            "check_exact", "explain", "get_plan", "group_scores", "load_pruned", "plan_removal", "reference_model",

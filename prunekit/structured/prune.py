@@ -5,12 +5,12 @@ import dataclasses
 
 import torch.nn as nn
 
-from .groups import ChannelGroup, channel_groups
-from .importance import check_criterion, group_scores
-from .planner import check_ratio, plan_removal
-from .fallback import REPORT_KEY, slim_report
-from .plan import PLAN_KEY, get_plan
-from .slim import slim_with_plan
+from .trace.groups import ChannelGroup, channel_groups
+from .selection.importance import check_criterion, group_scores
+from .selection.planner import check_ratio, plan_removal
+from .surgery.fallback import REPORT_KEY, slim_report
+from .surgery.plan import PLAN_KEY, get_plan
+from .surgery.slim import slim_with_plan
 
 
 def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion="l1", ignore=(), round_to: int = 1,
@@ -50,8 +50,8 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
       ``max_rounds`` times; see ``fallback``); what was frozen is in ``slim_report(result)``.
     The kept-index plan is stored on the result (``save_pruned`` uses it).
     """
-    from .examples import as_list
-    from .fallback import slim_with_fallback
+    from .trace.examples import as_list
+    from .surgery.fallback import slim_with_fallback
 
     inputs = as_list(model, example_inputs)
     one = inputs[0]
@@ -61,7 +61,7 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
     if speedup is not None:
         if ratio is not None or flops_reduction is not None:
             raise ValueError("give one of ratio, flops_reduction or speedup")
-        from .latency_aware import latency_slim
+        from .selection.latency_aware import latency_slim
 
         if len(inputs) > 1:
             raise ValueError("speedup= measures latency on one input; pass a single example input")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .capture import PAD_FUNCS
+from ..trace.capture import PAD_FUNCS
 from .ops_common import _arg
 
 

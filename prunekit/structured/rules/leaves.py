@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .capture import Capture, custom_norm, flat_tensors
+from ..trace.capture import Capture, custom_norm, flat_tensors
 
 
 def _split(entries, dim):

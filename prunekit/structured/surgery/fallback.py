@@ -27,9 +27,9 @@ import dataclasses
 import torch
 import torch.nn as nn
 
-from .capture import flat_tensors
+from ..trace.capture import flat_tensors
 from .exactness import reference_model
-from .groups import ChannelGroup
+from ..trace.groups import ChannelGroup
 from .plan import PLAN_KEY, apply_plan, get_plan
 from .slim import Failure, _run, removal_plan, run_tracked, validation_failure
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .capture import custom_norm, flat_tensors
+from ..trace.capture import custom_norm, flat_tensors
 from .ops_common import _arg
 
 

@@ -42,10 +42,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .groups import ChannelGroup, channel_groups
+from ..trace.groups import ChannelGroup, channel_groups
 from .importance import group_scores
 from .planner import choose
-from .slim import slim_with_plan
+from ..surgery.slim import slim_with_plan
 
 REPORT_KEY = "_prunekit_latency"
 
@@ -119,7 +119,7 @@ def _role_plan(members, scores, kp) -> dict:
 def measure_table(model, x, groups, scores, backend="torch", threads=1, rounds=3, min_run_time=0.03,
                   log=None) -> dict:
     """{role: {kept units per part: latency ratio to dense}} (see the module doc)."""
-    from ..metrics.latency import compare_latency
+    from ...metrics.latency import compare_latency
 
     table = {}
     for name, members in roles_of(groups, scores).items():
@@ -221,7 +221,7 @@ def _describe_setting(example_inputs, backend, threads) -> str:
 def floor_speedup(model, example_inputs, groups, scores, backend="torch", threads=1, rounds=5) -> float | None:
     """Measured speed-up of the narrowest model the table could lead to (every role at its
     narrowest grid width); None when that model cannot be built (then the table decides)."""
-    from ..metrics.latency import compare_latency
+    from ...metrics.latency import compare_latency
 
     plan = {}
     for members in roles_of(groups, scores).values():
@@ -249,7 +249,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     every group, as in HALP), not for magnitudes whose scale differs per layer."""
     if cost not in ("channels", "params", "absolute"):
         raise ValueError(f"cost must be 'channels', 'params' or 'absolute', got {cost!r}")
-    from ..metrics.latency import compare_latency
+    from ...metrics.latency import compare_latency
 
     if not isinstance(speedup, (int, float)) or speedup <= 1.0:
         raise ValueError(f"speedup must be a number > 1, got {speedup!r}")
@@ -281,7 +281,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     measured = table is None
     if measured:
         table = measure_table(model, example_inputs, groups, scores, backend, threads, log=log)
-        from ..foundations.io import atomic_write_json
+        from ...foundations.io import atomic_write_json
 
         atomic_write_json(path, {"key": key, "backend": backend, "threads": threads,
                                  "inputs": _input_shapes(example_inputs), "table": table})

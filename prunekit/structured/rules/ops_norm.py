@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .capture import flat_tensors
+from ..trace.capture import flat_tensors
 from .ops_common import _arg
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import propagate as P
-from .capture import flat_tensors
+from ..trace import propagate as P
+from ..trace.capture import flat_tensors
 from .ops_common import _arg, _dim, _tensors
 from .padding import PendingPad
 
@@ -122,7 +122,7 @@ def split(cap, name, args, kwargs, out):
 def _size_attr(cap, n: int) -> bool:
     """split(n) with a fixed n is only safe if slimming updates n: the running module must
     hold it in an attribute that head pruning rewrites (``split_size``, ``all_head_size``)."""
-    from .slim import ALL_HEAD_ATTRS
+    from ..surgery.slim import ALL_HEAD_ATTRS
 
     mod = cap._mods.get(cap.where()) if cap.where() != "<model>" else cap.model
     return any(getattr(mod, a, None) == n for a in ALL_HEAD_ATTRS)

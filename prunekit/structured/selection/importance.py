@@ -28,9 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..foundations.registry import Registry
-from .groups import ChannelGroup
-from ..foundations.inputs import call_model as _run
+from ...foundations.registry import Registry
+from ..trace.groups import ChannelGroup
+from ...foundations.inputs import call_model as _run
 
 CRITERIA: Registry = Registry("importance criterion")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .capture import Capture
+from ..trace.capture import Capture
 
 
 def supported(mod: nn.MultiheadAttention) -> bool:

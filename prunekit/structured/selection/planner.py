@@ -21,8 +21,8 @@ import re
 
 import torch
 
-from .capture import matches
-from .groups import ChannelGroup
+from ..trace.capture import matches
+from ..trace.groups import ChannelGroup
 
 
 def check_ratio(ratio, what="ratio") -> float:

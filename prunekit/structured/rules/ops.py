@@ -7,7 +7,7 @@ pruning) and are listed in ``Capture.unknown``.
 """
 from __future__ import annotations
 
-from .capture import Capture, flat_tensors
+from ..trace.capture import Capture, flat_tensors
 from .ops_contract import addmm, conv_fn, einsum, embedding_fn, linear_fn, matmul, sdpa
 from .ops_heads import HEAD_RULES
 from .ops_norm import NORM_RULES

@@ -15,11 +15,11 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from .capture import custom_norm
-from .groups import ChannelGroup, channel_groups
-from .padding import attribute_updates
+from ..trace.capture import custom_norm
+from ..trace.groups import ChannelGroup, channel_groups
+from ..rules.padding import attribute_updates
 from .plan import apply_plan, empty_plan
-from ..foundations.inputs import call_model as _run
+from ...foundations.inputs import call_model as _run
 
 HEAD_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "num_key_value_heads",
               "num_kv_heads", "n_kv_heads", "kv_heads")
@@ -205,7 +205,7 @@ def slim_with_plan(model: nn.Module, example_inputs, pruned: dict, groups: list[
     run once on every example input and must produce outputs of the original shapes
     (``RuntimeError`` otherwise; ``slim`` instead freezes the groups involved and retries).
     """
-    from .examples import as_list
+    from ..trace.examples import as_list
 
     if groups is None:
         groups = channel_groups(model, example_inputs)
@@ -221,7 +221,7 @@ def slim_with_plan(model: nn.Module, example_inputs, pruned: dict, groups: list[
 
 
 def _shapes(out):
-    from .capture import flat_tensors
+    from ..trace.capture import flat_tensors
 
     return [tuple(t.shape) for t in flat_tensors(out)]
 
@@ -252,7 +252,7 @@ class _LastOp(torch.overrides.TorchFunctionMode):
         self.name, self.args = None, ()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        from .capture import _op_name
+        from ..trace.capture import _op_name
 
         self.name, self.args = _op_name(func), args
         return func(*args, **(kwargs or {}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .capture import flat_tensors
+from ..trace.capture import flat_tensors
 from .ops_common import _arg
 
 

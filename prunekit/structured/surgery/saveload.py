@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..foundations.io import CheckpointError, atomic_write_json, atomic_write_text, load_tensors, save_tensors
+from ...foundations.io import CheckpointError, atomic_write_json, atomic_write_text, load_tensors, save_tensors
 from .plan import apply_plan, get_plan
 
 PLAN_FILE = "plan.json"
@@ -32,7 +32,7 @@ def save_pruned(model: nn.Module, path, example_inputs=None) -> Path:
     needs no model object) and, when its blocks kept uniform widths, a standard
     ``config.json`` that plain ``from_pretrained(path)`` rebuilds it from (verified on
     ``example_inputs``, or on inputs synthesised from the config)."""
-    from ..deploy.hf import hf_record, is_hf, standard_config
+    from ...deploy.hf import hf_record, is_hf, standard_config
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -53,7 +53,7 @@ def save_pruned(model: nn.Module, path, example_inputs=None) -> Path:
     save_tensors(path / WEIGHTS_FILE, tensors, {"kind": "pruned-model", "model": type(model).__name__,
                                                 "plan_blake2b": _digest(plan_text)}, raw_metadata=raw)
     atomic_write_text(path / PLAN_FILE, plan_text)
-    from .latency_aware import latency_report
+    from ..selection.latency_aware import latency_report
 
     if latency_report(model) is not None:  # latency-aware: the measured table and the allocation
         atomic_write_json(path / "latency.json", latency_report(model))
@@ -134,7 +134,7 @@ def load_pruned(path, base_model: nn.Module | None = None) -> nn.Module:
         if "hf" not in plan:
             raise ValueError(f"{path} holds a pruned {plan.get('model')}: pass a freshly built base_model "
                              f"(only HuggingFace models rebuild from the directory alone)")
-        from ..deploy.hf import build_base
+        from ...deploy.hf import build_base
 
         base_model = build_base(plan["hf"])
     if getattr(base_model, "_prunekit_plan", None):

@@ -70,7 +70,7 @@ def apply_plan(model: nn.Module, plan: dict) -> nn.Module:
         mod = model.get_submodule(name) if name else model
         for k, v in attrs.items():
             if k == "__class__":
-                from .mha import CLASSES
+                from ..rules.mha import CLASSES
 
                 if v not in CLASSES:
                     raise ValueError(f"plan asks for unknown module class {v!r} on {name!r}")
@@ -91,7 +91,7 @@ def _sync_sizes(model: nn.Module, plan: dict) -> None:
     """Size attributes of modules sliced as plain parameters (transposed convs, RNNs, MoE
     experts), read back from their weights so that ``repr`` and code reading
     ``out_channels``/``hidden_size``/``intermediate_dim`` see the slim width."""
-    from .leaves_rnn import sync_rnn
+    from ..rules.leaves_rnn import sync_rnn
 
     cut: dict[str, dict[tuple, tuple]] = {}
     for s in plan["slices"]:

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
-from ..foundations.inputs import call_model as _run
+from ...foundations.inputs import call_model as _run
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

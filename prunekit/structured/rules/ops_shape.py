@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from . import ops_shuffle as shuffle
-from . import propagate as P
-from .capture import flat_tensors
+from ..trace import propagate as P
+from ..trace.capture import flat_tensors
 from .ops_common import _arg, _dim, _tensors
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .capture import custom_norm, flat_tensors
+from ..trace.capture import custom_norm, flat_tensors
 from .plan import get_plan
 from .slim import _run
 

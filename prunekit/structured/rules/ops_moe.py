@@ -11,7 +11,7 @@ contracted against the routing and never pruned. Routing ops over tokens (``inde
 """
 from __future__ import annotations
 
-from .capture import flat_tensors
+from ..trace.capture import flat_tensors
 from .ops_common import _arg, _tensors
 from .ops_contract import _contract, matmul
 

@@ -193,7 +193,7 @@ class Capture:
 
     # ---- running -----------------------------------------------------------------
     def run(self, example_inputs):
-        from . import leaves, ops
+        from ..rules import leaves, ops
 
         handles = []
         leaf_names = set()
@@ -236,7 +236,7 @@ class Capture:
         self.book.note("model output")
         for t in outs:
             self.freeze_tensor(t)  # channels that reach an output are never pruned
-        from .padding import settle
+        from ..rules.padding import settle
 
         self.book.note("pad amounts held by no module attribute")
         settle(self)  # reruns modules (hooks removed) to find the attributes holding pad amounts
@@ -322,7 +322,7 @@ def _stock_forward(m: nn.Module) -> bool:
     """A leaf rule describes the torch forward; a subclass that overrides it (channels-first
     LayerNorm, LoRA Linear...) is traced through instead."""
     mod = getattr(type(m).forward, "__module__", "") or ""
-    return mod.startswith("torch.nn") or mod == "prunekit.structured.mha"
+    return mod.startswith("torch.nn") or mod == "prunekit.structured.rules.mha"
 
 
 class _Mode(TorchFunctionMode):
