@@ -203,8 +203,10 @@ def tpp_resnet_block(name: str = "tpp_resnet.json", label: str = "ResNet-20",
             bm_rows.append({**r, "method": r["method"].replace(" (budget-matched)", ""), "finetune_epochs": r["epochs"],
                             "budget_steps": b["L1"] - d["config"]["finetune"]["epochs"] * spe + r["epochs"] * spe})
     rows = [r for r in d["rows"] if r.get("table") != "budget-matched"]
+    per_seed = " / ".join(f"{100 * x['test_acc']:.1f}" for x in d["dense"])
     out = [f"{label} (option A, `layer*.conv1` pruned) on MNIST-1D 3,600 train / 400 val / 1,000 test; "
-           f"dense {f2(ms([100 * x['test_acc'] for x in d['dense']]))} % test (n={len(d['dense'])}). Paper recipe "
+           f"dense {f2(ms([100 * x['test_acc'] for x in d['dense']]))} % test (n={len(d['dense'])}; per seed "
+           f"{per_seed}). Paper recipe "
            "(every method fine-tunes 12 epochs; TPP's and GReg-2's regularisation steps on top; Scratch trains "
            "the dense budget from scratch at LR 0.1)." + ("" if bm_rows else " No budget-matched table was run."), "",
            "| ratio | method | LR | n | test @ val-chosen epoch % | final epoch % | best epoch on test % (as the paper reports) | budget steps |",
@@ -217,8 +219,9 @@ def tpp_resnet_block(name: str = "tpp_resnet.json", label: str = "ResNet-20",
         out.append(f"| {ratio} | {m} | {lr:g} | {len(rs)} | {f2(ms([100 * r['val_selected_acc'] for r in rs]))} | "
                    f"{f2(ms([100 * r['final_acc'] for r in rs]))} | {f2(ms([100 * r['best_acc'] for r in rs]))} | {b[m]} |")
     if bm_rows:
-        out += ["", f"Budget-matched control: L1{' and L1+OrthP' if any(r['method'] == 'L1+OrthP' for r in bm_rows) else ''} "
-                    f"fine-tune {bm_rows[0]['finetune_epochs']} epochs instead of 12, so their total steps match TPP's "
+        both = any(r["method"] == "L1+OrthP" for r in bm_rows)
+        out += ["", f"Budget-matched control: {'L1 and L1+OrthP fine-tune' if both else 'L1 fine-tunes'} "
+                    f"{bm_rows[0]['finetune_epochs']} epochs instead of 12, so {'their' if both else 'its'} total steps match TPP's "
                     f"(dense + 800 regularisation + 348 fine-tune):", "",
                 "| ratio | method | LR | n | test @ val-chosen epoch % | final epoch % | best epoch on test % (as the paper reports) | budget steps |",
                 "|---|---|---|---|---|---|---|---|"]
