@@ -68,7 +68,7 @@ def espn_resnet_block(name: str = "espn_resnet.json", model: str = "ResNet-20", 
 
     dense, nd = acc("dense", 0.0)
     cfg = d["config"]
-    recipe = (f" **Paper recipe**: the authors' CIFAR epochs x {cfg['paper_scale']:g} for every method alike "
+    recipe = (f" **Paper recipe**: the authors' CIFAR epochs x 1/{round(1 / cfg['paper_scale'])} for every method alike "
               "(budgets unequal by design; each row states its own)." if paper else "")
     out = [f"{model} (option A) on MNIST-1D (18,000 train / 2,000 val / 5,000 test). Dense "
            f"({cfg['dense']['epochs']} epochs): {f2(dense)} % (test at the val-chosen epoch, n={nd}).{recipe}", "",
