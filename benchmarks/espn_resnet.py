@@ -47,7 +47,7 @@ from budget import Budget, atomic_write_json, layer_kept, mnist1d_bundle, save_p
 from prunekit import data as datasets  # noqa: E402
 from prunekit import models  # noqa: E402
 from prunekit.methods.espn import copy_searched  # noqa: E402
-from prunekit.methods.gmp import GMPCallback  # noqa: E402
+from prunekit.methods.gmp import GMPCallback, only_at_final_sparsity  # noqa: E402
 from prunekit.methods.imp import imp_path, imp_schedule  # noqa: E402
 from prunekit.sparse.espn import ESPNSearch, default_alpha  # noqa: E402
 from prunekit.sparse.masks import apply_masks, get_masks, magnitude_masks, random_masks, sparsity_report  # noqa: E402
@@ -312,7 +312,11 @@ def run_method(cfg, method, sparsity, seed, data, dense, rewind, dense_row, cach
         ramp = max(1, int(0.75 * X))
         cb = GMPCallback(sparsity, start=0, end=ramp, every=max(1, ramp // 20))
         res = train_steps(net, data, dense_hp(cfg, seed, lr=0.01), X, callbacks=[cb], seed=seed)
-        return result_row(cfg, method, sparsity, seed, net, res, Budget(spe).add("dense", D).add("gradual", res.steps), t0)
+        # only epochs that ended at the final sparsity may be selected (an earlier, denser
+        # epoch would win on validation and report a model that is not at the target)
+        res = only_at_final_sparsity(res, cb.end)
+        return result_row(cfg, method, sparsity, seed, net, res, Budget(spe).add("dense", D).add("gradual", res.steps), t0,
+                          selected_from_step=cb.end)
     if method == "espn-rewind":
         warm = copy.deepcopy(dense)
         warm.load_state_dict(rewind)

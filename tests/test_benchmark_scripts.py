@@ -53,6 +53,9 @@ def test_espn_resnet_fast_tiny_all_methods(tmp_path):
             assert abs(r["budget_steps"] - ref) <= 0.05 * ref, r["method"]
     merged = json.loads((tmp_path / "espn_resnet_tiny.json").read_text())
     assert merged["tables"]["espn-finetune"]["0.995"]["n"] == 1
+    # GMP: accuracy is selected only among epochs at the final sparsity
+    gmp = next(r for r in rows if r["method"] == "gmp")
+    assert gmp["selected_from_step"] > 0
 
 
 def test_espn_resnet_paper_recipe_tiny_scales_every_phase_alike(tmp_path):
