@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .ops_common import last_dim_slots
+
 GATES = {"LSTM": 4, "GRU": 3}
 
 
@@ -35,12 +37,7 @@ def handle(cap, name: str, mod: nn.RNNBase, args, kwargs, out) -> bool:
     inits = [] if hx is None else (list(hx) if isinstance(hx, (tuple, list)) else [hx])
     book = cap.book
     fd = x.dim() - 1  # feature dim (also for unbatched (L, H_in) inputs)
-    on = None
-    for dims, arr in cap.get(x):
-        if dims == (fd,):
-            on = arr
-        else:
-            book.freeze(arr)  # time steps are mixed by the recurrence; batch entries are not channels
+    on = last_dim_slots(cap, x, fd)  # time steps are mixed by the recurrence; batch entries are not channels
     H, G = mod.hidden_size, _gates(mod)
     D = 2 if mod.bidirectional else 1
     h = cap.out_slots(name, H)
@@ -59,12 +56,7 @@ def handle(cap, name: str, mod: nn.RNNBase, args, kwargs, out) -> bool:
             elif on is not None:
                 cap.record("param", p.format("weight_ih"), 1, on, layer=True)
     for t in inits:
-        last = None
-        for dims, arr in cap.get(t):
-            if dims == (t.dim() - 1,):
-                last = arr
-            else:
-                book.freeze(arr)
+        last = last_dim_slots(cap, t)
         if last is not None and len(last) == H:
             book.join(last, h)
         else:

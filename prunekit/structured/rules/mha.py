@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..trace.capture import Capture
+from .ops_common import _arg, last_dim_slots
 
 
 def supported(mod: nn.MultiheadAttention) -> bool:
@@ -84,12 +85,6 @@ class SlimMultiheadAttention(nn.MultiheadAttention):
 CLASSES = {"SlimMultiheadAttention": SlimMultiheadAttention}
 
 
-def _arg(args, kwargs, i, key):
-    if key in kwargs:
-        return kwargs[key]
-    return args[i] if len(args) > i else None
-
-
 def handle(cap: Capture, name: str, mod: nn.MultiheadAttention, args, kwargs, out) -> bool:
     """Channel rule; returns False when the configuration is not supported (caller freezes)."""
     if not supported(mod) or not isinstance(out, tuple) or not isinstance(out[0], torch.Tensor):
@@ -102,15 +97,7 @@ def handle(cap: Capture, name: str, mod: nn.MultiheadAttention, args, kwargs, ou
         t = kwargs.get(k)
         if isinstance(t, torch.Tensor):
             cap.freeze_tensor(t)
-    last = []
-    for t in ins:
-        on = None
-        for dims, arr in cap.get(t):
-            if dims == (t.dim() - 1,):
-                on = arr
-            else:
-                book.freeze(arr)  # sequence/batch positions are mixed by attention
-        last.append(on)
+    last = [last_dim_slots(cap, t) for t in ins]  # sequence/batch positions are mixed by attention
     if all(a is not None for a in last):
         # one set of in_proj columns reads query, key and value alike
         book.join(last[0], last[1])

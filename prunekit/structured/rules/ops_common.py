@@ -16,3 +16,17 @@ def _arg(args, kwargs, i, key, default=None):
 
 def _tensors(args, kwargs):
     return [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+
+
+def last_dim_slots(cap, t: torch.Tensor, dim: int | None = None):
+    """The channel slots on ``t``'s feature dim (default: the last), or None; channels on any
+    other dim are frozen (modules that mix positions, such as attention and recurrences,
+    cannot keep them apart)."""
+    dim = t.dim() - 1 if dim is None else dim
+    on = None
+    for dims, arr in cap.get(t):
+        if dims == (dim,):
+            on = arr
+        else:
+            cap.book.freeze(arr)
+    return on
