@@ -146,24 +146,12 @@ def finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, ratio=None, 
 
 
 def run_seed_speedup(cfg, seed, speedup, data, dense, cache_dir, log) -> list[dict]:
-    lat = cfg["latency"]
-    dense = dense.eval()
-    x = data.train.x[: lat["batch"]].clone()
-    t0 = time.perf_counter()
-    la = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir)
-    rep = latency_report(la)
-    target = rep["achieved"]
-    log(f"  [s{seed} {speedup}x] latency-aware achieved {target:.2f}x in {time.perf_counter() - t0:.0f}s")
-    groups = channel_groups(dense, x)
-    slims = {"latency-aware": (la, None)}
-    for method, mode in (("uniform-l1", "uniform"), ("global-l1", "global")):
-        r, _, m = match_latency(dense, x, groups, mode, target, lat["bisect_iters"], lat["bisect_rounds"], log)
-        slims[method] = (m, r)
-    # one side-by-side measurement of all of them: the latency the table reports
-    t = compare_latency({"dense": dense, **{k: v[0] for k, v in slims.items()}}, x, num_threads=1,
-                        rounds=lat["final_rounds"], min_run_time=0.05)
-    return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, ratio,
-                          rep if method == "latency-aware" else None) for method, (m, ratio) in slims.items()]
+    """The first setting's part: latency-aware, uniform and global L1 (its variants come in
+    parts of their own, ``run_variant``), timed side by side, then fine-tuned."""
+    slims, t = plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants={})
+    x = data.train.x[: cfg["latency"]["batch"]].clone()
+    return [finetuned_row(cfg, seed, speedup, data, dense.eval(), x, method, m, t, ratio, rep)
+            for method, (m, ratio, rep) in slims.items()]
 
 
 def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -> list[dict]:
@@ -176,9 +164,10 @@ def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -
     return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, rep=latency_report(m))]
 
 
-def plan_all(cfg, seed, speedup, data, dense, cache_dir, log) -> dict:
-    """Timing phase of a two-phase setting: every method's slim model for one seed and
-    speed-up, and one side-by-side timing of all of them. {method: (model, ratio, report)}, t."""
+def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> dict:
+    """Every method's slim model for one seed and speed-up (the latency-aware ``variants``,
+    default the setting's), and one side-by-side timing of all of them: the latency the table
+    reports. Returns {method: (model, ratio, latency report)}, timings."""
     lat = cfg["latency"]
     dense = dense.eval()
     x = data.train.x[: lat["batch"]].clone()
@@ -188,7 +177,7 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log) -> dict:
     slims = {"latency-aware": (la, None, latency_report(la))}
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[: cfg.get("taylor_samples", 256)]
-    for method, v in cfg["variants"].items():
+    for method, v in (cfg["variants"] if variants is None else variants).items():
         crit = v.get("criterion", "l1")
         m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
                          data=data.train.get_batch(idx) if crit == "taylor" else None)
@@ -201,6 +190,35 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log) -> dict:
     t = compare_latency({"dense": dense, **{k: v[0] for k, v in slims.items()}}, x, num_threads=1,
                         rounds=lat["final_rounds"], min_run_time=0.05)
     return slims, t
+
+
+def run_one_phase(cfg, args, out_dir, log) -> None:
+    """The first setting, as it ran: per seed and speed-up, plan, time and fine-tune, each
+    part written as soon as it is done; the variants in parts of their own."""
+    cache_dir = tempfile.mkdtemp(prefix="latency-tables-")  # one table per run, shared by the seeds
+    for seed in args.seeds:
+        data = load_data(cfg, seed)
+        dense, _, dense_row = dense_model(cfg, seed, data, out_dir, log, cache_dir=args.dense_cache)
+        atomic_write_json(out_dir / f"{cfg['name']}_s{seed}_dense.json", {"rows": [dense_row]})
+        for sp in args.speedups:
+            p = part_path(out_dir, cfg, seed, sp)
+            if p.exists():
+                log(f"  [s{seed} {sp}x] done earlier: {p.name}")
+            else:
+                try:
+                    rows = run_seed_speedup(cfg, seed, sp, data, dense, cache_dir, log)
+                except UnreachableSpeedupError as e:  # a result too: this speed-up is not on offer here
+                    log(f"  [s{seed} {sp}x] {e}")
+                    atomic_write_json(p, {"rows": [], "unreachable": str(e)})
+                    continue
+                atomic_write_json(p, {"rows": rows})  # each part as soon as it is done: a stopped run keeps it
+            if "unreachable" in json.loads(p.read_text()):
+                continue
+            for method, cost in cfg["variants"].items():
+                pv = p.with_name(f"{p.stem}_{cost}.json")
+                if not pv.exists():
+                    atomic_write_json(pv, {"rows": run_variant(cfg, seed, sp, data, dense, cache_dir, method,
+                                                               cost, log)})
 
 
 def run_two_phase(cfg, args, out_dir, log) -> None:
@@ -335,32 +353,7 @@ def main(argv=None):
         if args.fast_timing:
             cfg["latency"].update(bisect_iters=2, bisect_rounds=1, final_rounds=1)
             cfg["finetune"]["epochs"] = 1
-        if base is not CFG:
-            run_two_phase(cfg, args, out_dir, log)
-        cache_dir = tempfile.mkdtemp(prefix="latency-tables-")  # one table per run, shared by the seeds
-        for seed in (args.seeds if base is CFG else []):
-            data = load_data(cfg, seed)
-            dense, _, dense_row = dense_model(cfg, seed, data, out_dir, log, cache_dir=args.dense_cache)
-            atomic_write_json(out_dir / f"{cfg['name']}_s{seed}_dense.json", {"rows": [dense_row]})
-            for sp in args.speedups:
-                p = part_path(out_dir, cfg, seed, sp)
-                if p.exists():
-                    log(f"  [s{seed} {sp}x] done earlier: {p.name}")
-                else:
-                    try:
-                        rows = run_seed_speedup(cfg, seed, sp, data, dense, cache_dir, log)
-                    except UnreachableSpeedupError as e:  # a result too: this speed-up is not on offer here
-                        log(f"  [s{seed} {sp}x] {e}")
-                        atomic_write_json(p, {"rows": [], "unreachable": str(e)})
-                        continue
-                    atomic_write_json(p, {"rows": rows})  # each part as soon as it is done: a stopped run keeps it
-                if "unreachable" in json.loads(p.read_text()):
-                    continue
-                for method, cost in cfg["variants"].items():
-                    pv = p.with_name(f"{p.stem}_{cost}.json")
-                    if not pv.exists():
-                        atomic_write_json(pv, {"rows": run_variant(cfg, seed, sp, data, dense, cache_dir, method,
-                                                                   cost, log)})
+        (run_one_phase if base is CFG else run_two_phase)(cfg, args, out_dir, log)
     result = merge(out_dir, Path(args.out), cfg)
     print(markdown(result["summary"]))
     return result
