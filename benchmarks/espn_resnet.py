@@ -217,6 +217,32 @@ def dense_model(cfg, seed, data, out_dir, log, cache_dir=ROOT / "runs" / "espn_r
     return net, rec.state, row
 
 
+def imp_levels(cfg, sparsity, seed, data, dense, rewind, per: int, budget: Budget):
+    """IMP to ``sparsity`` from the dense model, ``per`` steps of the dense recipe per level
+    (rewinding to ``rewind``); returns (final net, its last TrainResult, number of levels)."""
+    sched = imp_schedule([sparsity], cfg["imp_rate"])
+    for i, (_, net) in enumerate(imp_path(copy.deepcopy(dense), rewind, sched)):
+        last = i == len(sched) - 1
+        res = train_steps(net, data if last else dataclasses.replace(data, val=None), dense_hp(cfg, seed), per,
+                          seed=seed + 1000 * i, eval_test=last)
+        budget.add("levels", res.steps)
+    return net, res, len(sched)
+
+
+def at_init_net(cfg, method, sparsity, seed, data):
+    """A fresh seeded init masked by SNIP, GraSP or SynFlow scores."""
+    torch.manual_seed(seed + 1)
+    net = build(cfg, data)
+    if method == "synflow":
+        masks = synflow_masks(net, sparsity, example=data.example_inputs(2))
+    else:
+        n = 100 if method == "grasp" else 128
+        idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+        masks = score_masks(net, method, sparsity, data.train.get_batch(idx))
+    apply_masks(net, masks)
+    return net
+
+
 def run_method_paper(cfg, method, sparsity, seed, data, dense, rewind, dense_row):
     """One paper-recipe run: the authors' epochs x cfg['paper_scale'], budgets unequal."""
     spe = steps_per_epoch(data, cfg["dense"]["batch_size"])
@@ -232,21 +258,12 @@ def run_method_paper(cfg, method, sparsity, seed, data, dense, rewind, dense_row
         return result_row(cfg, method, sparsity, seed, net, res, b, t0, alpha=alpha, alpha_scale=1.0,
                           search_steps=ss, reached=reached, recipe="paper")
     if method == "imp":
-        sched = imp_schedule([sparsity], cfg["imp_rate"])
         per = paper_steps(cfg, "imp_level", spe)
         b = Budget(spe).add("dense", D)
-        for i, (s, net) in enumerate(imp_path(copy.deepcopy(dense), rewind, sched)):
-            last = i == len(sched) - 1
-            res = train_steps(net, data if last else dataclasses.replace(data, val=None), dense_hp(cfg, seed), per,
-                              seed=seed + 1000 * i, eval_test=last)
-            b.add("levels", res.steps)
-        return result_row(cfg, method, sparsity, seed, net, res, b, t0, levels=len(sched), level_steps=per,
-                          recipe="paper")
+        net, res, L = imp_levels(cfg, sparsity, seed, data, dense, rewind, per, b)
+        return result_row(cfg, method, sparsity, seed, net, res, b, t0, levels=L, level_steps=per, recipe="paper")
     if method == "snip":
-        torch.manual_seed(seed + 1)
-        net = build(cfg, data)
-        idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:128]
-        apply_masks(net, score_masks(net, "snip", sparsity, data.train.get_batch(idx)))
+        net = at_init_net(cfg, method, sparsity, seed, data)
         res = train_steps(net, data, dense_hp(cfg, seed), paper_steps(cfg, "from_init", spe), seed=seed)
         return result_row(cfg, method, sparsity, seed, net, res, Budget(spe).add("from-init", res.steps), t0,
                           recipe="paper")
@@ -276,30 +293,14 @@ def run_method(cfg, method, sparsity, seed, data, dense, rewind, dense_row, cach
         return result_row(cfg, method, sparsity, seed, net, res, b, t0, alpha=alpha, alpha_scale=scale,
                           search_steps=ss, reached=reached)
     if method == "imp":
-        sched = imp_schedule([sparsity], cfg["imp_rate"])
-        L = len(sched)
-        per = max(1, X // L)
+        per = max(1, X // len(imp_schedule([sparsity], cfg["imp_rate"])))
         b = Budget(spe).add("dense", D)
-        for i, (s, net) in enumerate(imp_path(copy.deepcopy(dense), rewind, sched)):
-            last = i == L - 1
-            res = train_steps(net, data if last else dataclasses.replace(data, val=None), dense_hp(cfg, seed), per,
-                              seed=seed + 1000 * i, eval_test=last)
-            b.add("levels", res.steps)
+        net, res, L = imp_levels(cfg, sparsity, seed, data, dense, rewind, per, b)
         cache[("imp", sparsity)] = get_masks(net)
         return result_row(cfg, method, sparsity, seed, net, res, b, t0, levels=L, level_steps=per)
     if method in ("snip", "grasp", "synflow"):
-        torch.manual_seed(seed + 1)
-        net = build(cfg, data)
-        g = torch.Generator().manual_seed(seed)
-        if method == "synflow":
-            masks = synflow_masks(net, sparsity, example=data.example_inputs(2))
-        else:
-            n = 100 if method == "grasp" else 128
-            idx = torch.randperm(len(data.train), generator=g)[:n]
-            masks = score_masks(net, method, sparsity, data.train.get_batch(idx))
-        apply_masks(net, masks)
-        steps = D + X
-        res = train_steps(net, data, dense_hp(cfg, seed), steps, seed=seed)
+        net = at_init_net(cfg, method, sparsity, seed, data)
+        res = train_steps(net, data, dense_hp(cfg, seed), D + X, seed=seed)
         return result_row(cfg, method, sparsity, seed, net, res, Budget(spe).add("from-init", res.steps), t0)
     if method in ("magnitude", "random"):
         net = copy.deepcopy(dense)
