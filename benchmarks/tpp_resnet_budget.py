@@ -25,14 +25,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from budget import atomic_write_json  # noqa: E402
+from tpp_mlp7 import TPP_REG_STEPS  # noqa: E402
 from tpp_resnet import FAST  # noqa: E402
 from prunekit import data as datasets  # noqa: E402
 from prunekit import models  # noqa: E402
 from prunekit.methods.orthp import orthogonalize_  # noqa: E402
 from prunekit.methods.tpp_schedule import SelectHparams, groups_of, l1_plan, slim_by_plan  # noqa: E402
 from prunekit.training import TrainHparams, evaluate, train  # noqa: E402
-
-TPP_REG_STEPS = 800  # preset bench: rise 500 + stabilise 300
 
 
 def main(argv=None):
