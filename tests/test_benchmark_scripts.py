@@ -148,3 +148,28 @@ def test_tpp_resnet_budget_matched_rows_come_from_the_same_dense_model(tmp_path,
     assert rows["L1"]["epochs"] == 2 and rows["L1 (budget-matched)"]["epochs"] == 2 + round(16 / spe)
     assert rows["L1 (budget-matched)"]["table"] == "budget-matched"
     assert rows["L1 (budget-matched)"]["acc_after_prune"] == rows["L1"]["acc_after_prune"]  # the same slim net
+
+
+def test_espn_resnet_gmp_selects_only_epochs_at_the_final_sparsity(monkeypatch):
+    """A denser early epoch with the best validation accuracy must not be the one reported."""
+    from prunekit.training.trainer import TrainResult
+
+    cfg = espn_resnet.FAST
+    data = synthetic((1, 1, 40))
+    spe = -(-len(data.train) // cfg["dense"]["batch_size"])
+    X = cfg["x_epochs"] * spe
+
+    def fake_train(net, data_, hp, steps, callbacks=(), seed=0, eval_test=True):
+        end = callbacks[0].end
+        hist = [{"step": end - 1, "val_acc": 0.99, "test_acc": 0.98, "train_acc": 1.0},  # before the ramp ends
+                {"step": end, "val_acc": 0.70, "test_acc": 0.69, "train_acc": 0.7},
+                {"step": X, "val_acc": 0.60, "test_acc": 0.61, "train_acc": 0.6}]
+        return TrainResult(history=hist, final_test_acc=0.61, best_test_acc=0.98, best_val_acc=0.99,
+                           test_at_best_val=0.98, steps=steps)
+
+    monkeypatch.setattr(espn_resnet, "train_steps", fake_train)
+    torch.manual_seed(0)
+    dense = espn_resnet.build(cfg, data)
+    r = espn_resnet.run_method(cfg, "gmp", 0.9, 0, data, dense, None, {"budget_steps": 10}, {})
+    assert r["val_selected_acc"] == 0.69 and r["best_acc"] == 0.69 and r["final_acc"] == 0.61
+    assert r["selected_from_step"] == int(0.75 * X)
