@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from budget import Budget, atomic_write_json, steps_per_epoch  # noqa: E402
 from espn_resnet import FAST as ESPN_FAST  # noqa: E402
-from espn_resnet import dense_model, load_data  # noqa: E402
+from espn_resnet import build, dense_model, load_data  # noqa: E402
 
 from prunekit.metrics import count_params, flops  # noqa: E402
 from prunekit.metrics.latency import compare_latency  # noqa: E402
@@ -96,6 +96,56 @@ VGG = {
     "title": "VGG-11 (width 0.5, BN) on mnist5k (real MNIST digits, 28x28)",
 }
 SETTINGS = {"resnet20-mnist1d": CFG, "vgg11-mnist5k": VGG}
+# The pilot that picks a third, capacity-bound setting (benchmarks/PROTOCOL.md 4.5), written
+# before it ran: widths of VGG-11-BN on mnist5k, the selection seed (not a reported one),
+# the speed-up at which uniform L1 must lose >= min_gap of best validation accuracy.
+PILOT = {"widths": [0.5, 0.25, 0.125], "seed": 100, "speedup": 2.0, "min_gap": 0.01}
+
+
+def pilot_cfg(width: float) -> dict:
+    cfg = copy.deepcopy(VGG)
+    cfg["name"] = f"vgg11w{width:g}".replace(".", "") + "-mnist5k"
+    cfg["model_options"] = {"width": width}
+    cfg["title"] = f"VGG-11 (width {width:g}, BN) on mnist5k (real MNIST digits, 28x28)"
+    return cfg
+
+
+def capacity_pilot(out_json: Path, log, pilot=PILOT, n_train=None) -> dict:
+    """PROTOCOL 4.5: per width, the dense model and uniform L1 at a measured ``speedup``, both
+    trained without computing test accuracy; the widest width whose uniform L1 loses at least
+    ``min_gap`` of best validation accuracy is chosen (else the narrowest). No latency-aware
+    model is built, so the choice cannot favour it."""
+    rows, seed = [], pilot["seed"]
+    for w in pilot["widths"]:
+        cfg = pilot_cfg(w)
+        data = load_data(cfg, seed)
+        if n_train:  # tests: a slice of the training split
+            data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(n_train, len(data.train)))))
+            cfg["dense"]["epochs"], cfg["finetune"]["epochs"] = 1, 1
+        t0 = time.perf_counter()
+        torch.manual_seed(seed)
+        dense = build(cfg, data)
+        d = train(dense, data, TrainHparams(**cfg["dense"], seed=seed), progress=False, eval_test=False)
+        dense.eval()
+        lat = cfg["latency"]
+        x = data.train.x[: lat["batch"]].clone()
+        ratio, sp, m = match_latency(dense, x, channel_groups(dense, x), "uniform", pilot["speedup"],
+                                     lat["bisect_iters"], lat["bisect_rounds"], log)
+        f = train(copy.deepcopy(m).train(), data, TrainHparams(**cfg["finetune"], seed=seed), progress=False,
+                  eval_test=False)
+        rows.append({"width": w, "dense_best_val_acc": d.best_val_acc, "uniform_best_val_acc": f.best_val_acc,
+                     "gap": d.best_val_acc - f.best_val_acc, "uniform_ratio": ratio, "measured_speedup": sp,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        log(f"  pilot width {w:g}: dense val {d.best_val_acc:.4f}, uniform L1 at {sp:.2f}x val "
+            f"{f.best_val_acc:.4f} (gap {rows[-1]['gap'] * 100:+.2f} points)")
+    bound = [r["width"] for r in rows if r["gap"] >= pilot["min_gap"] - 1e-9]
+    chosen = max(bound) if bound else min(pilot["widths"])
+    result = {"benchmark": "latency_accuracy_pilot", "pilot": pilot, "rows": rows, "chosen_width": chosen,
+              "rule": "widest width whose uniform L1 loses >= min_gap best validation accuracy; else the narrowest",
+              "test_accuracy_computed": False, "torch": torch.__version__}
+    atomic_write_json(out_json, result)
+    log(f"pilot: chosen width {chosen:g}")
+    return result
 
 
 def measured_speedup(dense, slim_model, x, rounds) -> float:
@@ -187,6 +237,13 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
     for method, mode in (("uniform-l1", "uniform"), ("global-l1", "global")):
         r, _, m = match_latency(dense, x, groups, mode, target, lat["bisect_iters"], lat["bisect_rounds"], log)
         slims[method] = (m, r, None)
+    if cfg.get("match_each_variant"):
+        # each variant plans to the request on its own and lands a few % away from the default's
+        # speed-up; a uniform L1 bisected to *its* verified speed-up makes its comparison equal-latency
+        for method in [k for k in slims if k.startswith("latency-aware-")]:
+            vt = slims[method][2]["achieved"]
+            r, _, m = match_latency(dense, x, groups, "uniform", vt, lat["bisect_iters"], lat["bisect_rounds"], log)
+            slims[f"uniform-l1@{method}"] = (m, r, None)
     t = compare_latency({"dense": dense, **{k: v[0] for k, v in slims.items()}}, x, num_threads=1,
                         rounds=lat["final_rounds"], min_run_time=0.05)
     return slims, t
@@ -325,6 +382,8 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--speedups", nargs="*", type=float)
     ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")
+    ap.add_argument("--pilot", action="store_true",
+                    help="PROTOCOL 4.5's pilot: pick the capacity-bound VGG width on validation (no test accuracy)")
     ap.add_argument("--n-train", type=int, default=None, help="smaller MNIST-1D (tests); default the protocol's")
     ap.add_argument("--batch", type=int, default=None, help="latency batch size (tests); default 64")
     ap.add_argument("--fast-timing", action="store_true", help="fewest timing rounds (tests only)")
@@ -337,10 +396,13 @@ def main(argv=None):
     args.seeds = args.seeds if args.seeds is not None else base["seeds"]
     args.speedups = args.speedups if args.speedups is not None else base["speedups"]
     stem = "latency_accuracy" + ("" if base is CFG else f"_{args.setting}")
+    pilot_out = Path(args.out) if args.out else RESULTS / "latency_accuracy_pilot.json"
     args.parts = args.parts or str(RESULTS / stem)
     args.out = args.out or str(RESULTS / f"{stem}.json")
     out_dir = Path(args.parts)
     log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.pilot:
+        return capacity_pilot(pilot_out, log, n_train=args.n_train)
     cfg = copy.deepcopy(base)
     if args.n_train:
         cfg["name"] += f"-n{args.n_train}"
