@@ -380,3 +380,46 @@ def test_taylor_scores_with_absolute_cost_through_latency_slim(tmp_path, monkeyp
     # alike and the 16-wide group, which saves more latency per channel, is cut instead
     assert kept["absolute"]["0"] == 16 and kept["absolute"]["2"] < 32
     assert kept["channels"]["0"] < 16
+
+
+def test_latency_pilot_rule_known_answers():
+    """PROTOCOL 4.5's rule: the widest width whose uniform L1 loses >= 1 point of validation
+    accuracy; the narrowest when none does."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency_accuracy as bench
+
+    rows = lambda gaps: [{"width": w, "gap": g} for w, g in zip([0.5, 0.25, 0.125], gaps)]  # noqa: E731
+    assert bench.pilot_choice(rows([0.005, 0.02, 0.05])) == 0.25
+    assert bench.pilot_choice(rows([0.01, 0.0, 0.05])) == 0.5  # exactly one point counts
+    assert bench.pilot_choice(rows([0.0, 0.0075, 0.0])) == 0.125  # none binds: the narrowest
+    assert bench.pilot_choice(rows([-0.01, 0.03, 0.02])) == 0.25
+
+
+def test_latency_pilot_never_evaluates_the_test_split(tmp_path, monkeypatch):
+    """The pilot picks a setting on validation only: with a test split that cannot even be fed
+    to the model it still runs, and its choice is the rule applied to the rows it reports."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency_accuracy as bench
+
+    from prunekit.data.base import TensorData
+
+    real = bench.load_data
+
+    def poisoned(cfg, seed):
+        d = real(cfg, seed)
+        return dataclasses.replace(d, test=TensorData(torch.zeros(len(d.test), 7, 3, 3), d.test.y))
+
+    monkeypatch.setattr(bench, "load_data", poisoned)
+    pilot = dict(bench.PILOT, widths=[0.25, 0.125])
+    res = bench.capacity_pilot(tmp_path / "p.json", lambda m: None, pilot=pilot, n_train=128, fast=True)
+    assert [r["width"] for r in res["rows"]] == [0.25, 0.125] and res["test_accuracy_computed"] is False
+    assert res["chosen_width"] == bench.pilot_choice(res["rows"], pilot)
+    assert all(0 <= r["dense_best_val_acc"] <= 1 and r["measured_speedup"] > 0 for r in res["rows"])
+    assert json.loads((tmp_path / "p.json").read_text())["chosen_width"] == res["chosen_width"]
