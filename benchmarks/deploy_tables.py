@@ -127,6 +127,13 @@ def accuracy_section(res: dict) -> list[str]:
                        f"{un['params'][0]:,.0f} params for {un['measured_speedup'][0]:.2f}x; all methods' accuracies "
                        f"lie within {max(accs) - min(accs):.2f} points of each other (dense "
                        f"{sum(dense) / len(dense):.2f} %).")
+    for sp in sorted({s["requested_speedup"] for s in res["summary"]}):
+        narrowest = [min(r["widths"].items(), key=lambda kv: kv[1]) for r in res["rows"]
+                     if r["requested_speedup"] == sp and r["method"] == "latency-aware" and r.get("widths")]
+        if narrowest and not c["name"].startswith("resnet20"):
+            names = sorted({f"`{n}` to {k}" for n, k in narrowest})
+            out.append(f"* {sp:g}x, narrowest layer of the default latency-aware allocation: {', '.join(names)} "
+                       f"channel(s) ({len(narrowest)} runs).")
     return out
 
 
@@ -167,7 +174,8 @@ def render() -> str:
                   "Target: under 2 minutes for ResNet-56 and a BERT-base-sized model (768 hidden, 12 layers, "
                   "12 heads, sequence 128) on this machine, one thread; the second run reuses the cached table.", ""]
         lines += planning_table(res) + [""]
-    for name, cmd in (("latency_accuracy.json", ""), ("latency_accuracy_vgg11-mnist5k.json", " --setting vgg11-mnist5k")):
+    for name, cmd in (("latency_accuracy.json", ""), ("latency_accuracy_vgg11-mnist5k.json", " --setting vgg11-mnist5k"),
+                      ("latency_accuracy_vgg11-narrow-mnist5k.json", " --setting vgg11-narrow-mnist5k")):
         acc = RES / name
         if acc.exists():
             res = json.loads(acc.read_text())
@@ -181,9 +189,27 @@ def render() -> str:
                           "(written rule; test accuracy not consulted). Each variant plans to the request on its "
                           "own, while the uniform and global ratios are bisected to the default variant's verified "
                           "speed-up, so the variants' measured speed-ups differ somewhat from the others' (the "
-                          "column shows by how much).", ""]
+                          "column shows by how much)"
+                          + ("; here a uniform L1 is also bisected to each variant's own speed-up "
+                             "(`uniform-l1@<variant>`)." if res["config"].get("match_each_variant") else "."), ""]
+            pilot = RES / "latency_accuracy_pilot.json"
+            if res["config"].get("match_each_variant") and pilot.exists():
+                lines += pilot_paragraph(json.loads(pilot.read_text()))
             lines += accuracy_section(res) + [""]
     return "\n".join(lines)
+
+
+def pilot_paragraph(p: dict) -> list[str]:
+    """How the third setting's width was chosen (PROTOCOL 4.5), from the pilot's own JSON."""
+    gaps = ", ".join(f"{r['width']:g}: {r['dense_best_val_acc'] * 100:.2f} -> {r['uniform_best_val_acc'] * 100:.2f} "
+                     f"({r['gap'] * 100:+.2f})" for r in p["rows"])
+    return [f"The width was chosen before this run by the pilot of `benchmarks/PROTOCOL.md` 4.5 "
+            f"(`latency_accuracy.py --pilot`, selection seed {p['pilot']['seed']}, validation only, no latency-aware "
+            f"model built): best validation accuracy of dense -> uniform L1 at a measured "
+            f"{p['pilot']['speedup']:g}x, per width, {gaps} points. Rule: {p['rule']} "
+            f"({p['pilot']['min_gap'] * 100:g} point); chosen: width {p['chosen_width']:g}. "
+            f"`uniform-l1@<variant>` is uniform L1 bisected to that variant's own verified speed-up; the verdict "
+            f"compares the chosen variant with it.", ""]
 
 
 def main(argv=None) -> int:

@@ -56,8 +56,9 @@ from prunekit.training import TrainHparams, train  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 CFG = {
     **{k: ESPN_FAST[k] for k in ("name", "model", "model_options", "data", "dense")},
+    # solver: the allocation all three settings ran with (the exact knapsack came later)
     "latency": {"batch": 64, "threads": 1, "backend": "torch", "bisect_iters": 7, "bisect_rounds": 5,
-                "final_rounds": 9},
+                "final_rounds": 9, "solver": "greedy"},
     # fine-tune recipe, identical for every method; fixed before the run (the TPP ResNet
     # benchmark's larger fine-tune LR, cosine, the ESPN ResNet benchmark's 5 extra epochs)
     "finetune": {"epochs": 5, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
@@ -224,7 +225,8 @@ def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -
     lat = cfg["latency"]
     dense = dense.eval()
     x = data.train.x[: lat["batch"]].clone()
-    m = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir, cost=cost)
+    m = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir, cost=cost,
+                     solver=lat.get("solver", "knapsack"))
     t = compare_latency({"dense": dense, method: m}, x, num_threads=1, rounds=lat["final_rounds"], min_run_time=0.05)
     return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, rep=latency_report(m))]
 
@@ -236,7 +238,8 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
     lat = cfg["latency"]
     dense = dense.eval()
     x = data.train.x[: lat["batch"]].clone()
-    la = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir)
+    la = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir,
+                      solver=lat.get("solver", "knapsack"))
     target = latency_report(la)["achieved"]
     log(f"  [s{seed} {speedup}x] latency-aware achieved {target:.2f}x")
     slims = {"latency-aware": (la, None, latency_report(la))}
@@ -245,6 +248,7 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
     for method, v in (cfg["variants"] if variants is None else variants).items():
         crit = v.get("criterion", "l1")
         m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
+                         solver=lat.get("solver", "knapsack"),
                          data=data.train.get_batch(idx) if crit == "taylor" else None)
         slims[method] = (m, None, latency_report(m))
         log(f"  [s{seed} {speedup}x] {method} achieved {latency_report(m)['achieved']:.2f}x")

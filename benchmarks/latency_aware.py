@@ -57,7 +57,7 @@ def bert_base(batch, seq=128):
     return T.BertForSequenceClassification(cfg).eval(), {"input_ids": torch.randint(0, 30522, (batch, seq))}
 
 
-def planning(out):
+def planning(out, solver="greedy"):
     """Issue 10's planning-time target: < 2 min for ResNet-56 and a BERT-base-sized model,
     with the table measured fresh and then reused from the cache (one thread)."""
     torch.set_num_threads(1)
@@ -70,7 +70,7 @@ def planning(out):
         cache = tempfile.mkdtemp(prefix="latency-tables-")
         for run in ("fresh table", "cached table"):
             t0 = time.perf_counter()
-            s = latency_slim(net, x, speedup=2.0, threads=1, cache_dir=cache)
+            s = latency_slim(net, x, speedup=2.0, threads=1, cache_dir=cache, solver=solver)
             rep = latency_report(s)
             rows.append({"model": name, "run": run, "planning_s": time.perf_counter() - t0,
                          "achieved": rep["achieved"], "iterations": len(rep["iterations"]),
@@ -101,12 +101,15 @@ def main(argv=None):
     ap.add_argument("--ort", action="store_true", help="also plan and time on ONNX Runtime (batch 1)")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--rounds", type=int, default=None, help="independent timing rounds (default 7, --full 15)")
+    ap.add_argument("--solver", choices=["greedy", "knapsack"], default="greedy",
+                    help="allocation solver; default greedy, the one the committed JSON ran with (the library's "
+                         "default is the exact knapsack, added later)")
     ap.add_argument("--planning", action="store_true", help="only the planning-time runs (BERT-base, ResNet-56)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/latency_aware.json "
                                                 "(--planning: latency_planning.json)")
     args = ap.parse_args(argv)
     if args.planning:
-        return planning(args.out or str(ROOT / "benchmarks/results/latency_planning.json"))
+        return planning(args.out or str(ROOT / "benchmarks/results/latency_planning.json"), args.solver)
     args.out = args.out or str(ROOT / "benchmarks/results/latency_aware.json")
     torch.set_num_threads(1)
     rounds = args.rounds or (15 if args.full else 7)
@@ -116,7 +119,7 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"unknown model(s) {sorted(bad)}; choose from {sorted(all_specs)}")
     config = {"rounds": rounds, "threads": 1, "clock": "cpu (process time, one thread)", "criterion": "l1",
-              "full": args.full, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+              "solver": args.solver, "full": args.full, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     cache = tempfile.mkdtemp(prefix="latency-tables-")  # fresh tables: planning time includes measuring
     rows, t_start = [], time.perf_counter()
     backends = [("torch", b) for b in args.batches] + ([("onnxruntime", 1)] if args.ort else [])
@@ -132,7 +135,7 @@ def main(argv=None):
             for sp in args.speedups:
                 t0 = time.perf_counter()
                 try:
-                    s = latency_slim(net, x, speedup=sp, backend=backend, threads=1, cache_dir=cache)
+                    s = latency_slim(net, x, speedup=sp, backend=backend, threads=1, cache_dir=cache, solver=args.solver)
                 except Exception as e:  # noqa: BLE001 - a failure is a result
                     rows.append({"model": name, "backend": backend, "batch": batch, "requested": sp,
                                  "error": f"{type(e).__name__}: {e}"})

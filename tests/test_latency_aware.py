@@ -423,3 +423,92 @@ def test_latency_pilot_never_evaluates_the_test_split(tmp_path, monkeypatch):
     assert res["chosen_width"] == bench.pilot_choice(res["rows"], pilot)
     assert all(0 <= r["dense_best_val_acc"] <= 1 and r["measured_speedup"] > 0 for r in res["rows"])
     assert json.loads((tmp_path / "p.json").read_text())["chosen_width"] == res["chosen_width"]
+
+
+def _brute_force(items, need):
+    """The optimum by enumeration: (least total loss meeting ``need``, or None)."""
+    import itertools
+
+    best = None
+    for combo in itertools.product(*items.values()):
+        if sum(o[1] for o in combo) >= need - 1e-12:
+            loss = sum(o[2] for o in combo)
+            best = loss if best is None or loss < best else best
+    return best
+
+
+def test_knapsack_matches_brute_force_on_random_tables():
+    """Known optimal answers: on 300 random tables (savings on the solver's grid, so rounding
+    plays no part) the exact solver's choice meets the budget at exactly the optimal loss."""
+    g = torch.Generator().manual_seed(0)
+    for case in range(300):
+        n_roles = int(torch.randint(1, 5, (1,), generator=g))
+        items = {}
+        for r in range(n_roles):
+            k = int(torch.randint(1, 5, (1,), generator=g))
+            sav = sorted(int(v) for v in torch.randint(1, 120, (k,), generator=g))
+            loss = torch.rand(k, generator=g).tolist()  # not monotone in the saving: non-convex on purpose
+            items[f"r{r}"] = [(64, 0.0, 0.0)] + [(60 - 4 * j, s / 200, l) for j, (s, l) in enumerate(zip(sav, loss))]
+        need = int(torch.randint(0, 200, (1,), generator=g)) / 200
+        choice = la.choose_widths(items, need, resolution=200)
+        picked = [next(o for o in items[r] if o[0] == w) for r, w in choice.items()]
+        opt = _brute_force(items, need)
+        if opt is None:  # unreachable: every role at its largest saving
+            assert choice == {r: max(opts, key=lambda o: (o[1], -o[2]))[0] for r, opts in items.items()}, case
+        else:
+            assert sum(o[1] for o in picked) >= need - 1e-12, case
+            assert sum(o[2] for o in picked) == pytest.approx(opt), case
+
+
+def test_knapsack_beats_greedy_where_the_savings_curve_is_not_convex():
+    """A measured table where the first narrowing of A saves almost nothing and the second
+    saves half the latency: greedy takes B first and then needs A anyway; the knapsack keeps
+    B whole (the known optimum: A alone meets the budget)."""
+    x, net, groups, scores, (ra, a), (rb, b) = _two_roles()
+    table = {ra: {16: 1.0, 12: 0.99, 8: 0.5}, rb: {32: 1.0, 16: 0.7}}
+    assert la.allocate(groups, scores, table, target_ratio=0.5) == {ra: 8, rb: 32}
+    assert la.allocate(groups, scores, table, target_ratio=0.5, solver="greedy") == {ra: 8, rb: 16}
+    with pytest.raises(ValueError, match="solver must be 'knapsack' or 'greedy'"):
+        la.allocate(groups, scores, table, target_ratio=0.5, solver="lp")
+
+
+def test_latency_slim_reports_its_solver_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    from prunekit.metrics import flops
+    import prunekit.metrics.latency as lat
+
+    def fake(ms, inputs, **kw):  # a deterministic 'machine': latency proportional to FLOPs
+        f = {k: flops(m, inputs)["dense"] for k, m in ms.items()}
+        return {k: v / max(f.values()) for k, v in f.items()}
+
+    monkeypatch.setattr(lat, "compare_latency", fake)
+    x, net, *_ = _two_roles()
+    for solver in ("knapsack", "greedy"):
+        s = la.latency_slim(net, x, speedup=2.0, cache_dir=tmp_path, solver=solver)  # A at 8 gives 2.0x
+        rep = la.latency_report(s)
+        assert rep["solver"] == solver and abs(rep["achieved"] / 2.0 - 1) <= 0.1
+    with pytest.raises(ValueError, match="solver must be 'knapsack' or 'greedy'"):
+        la.latency_slim(net, x, speedup=1.5, cache_dir=tmp_path, solver="lp")
+
+
+def test_narrow_setting_matches_a_uniform_l1_to_each_variant(tmp_path):
+    """PROTOCOL 4.5's setting: besides the default's, a uniform L1 is bisected to every
+    latency-aware variant's own verified speed-up, fine-tuned with the same budget."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_accuracy.py"
+    out = tmp_path / "acc.json"
+    r = subprocess.run([sys.executable, str(script), "--setting", "vgg11-narrow-mnist5k", "--n-train", "200",
+                        "--seeds", "0", "--speedups", "1.2", "--batch", "2", "--fast-timing", "--parts",
+                        str(tmp_path / "parts"), "--out", str(out), "--dense-cache", str(tmp_path / "dense")],
+                       capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["config"]["model_options"] == {"width": 0.125} and res["config"]["match_each_variant"]
+    rows = {row["method"]: row for row in res["rows"]}
+    variants = set(res["config"]["variants"])
+    assert {f"uniform-l1@{v}" for v in variants} <= set(rows)
+    assert all(rows[f"uniform-l1@{v}"]["ratio"] is not None for v in variants)
+    assert len({row["budget_steps"] for row in res["rows"]}) == 1

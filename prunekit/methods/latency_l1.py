@@ -24,6 +24,8 @@ class LatencyL1Hparams:
                       choices=("torch", "onnxruntime"))
     batch_size: int = hp(1, "Batch size the speed-up is measured at.")
     threads: int = hp(1, "CPU threads the speed-up is measured with.")
+    solver: str = hp("knapsack", "Width allocation: knapsack (exact, as in HALP) or greedy (step by step).",
+                     choices=("knapsack", "greedy"))
 
 
 @register
@@ -42,6 +44,6 @@ class LatencyL1(PruningMethod):
         before = torch.get_num_threads()
         try:
             return latency_slim(self.copy(model).eval(), x, 1.0 / (1.0 - target), criterion=self.hp.criterion,
-                                backend=self.hp.backend, threads=self.hp.threads)
+                                backend=self.hp.backend, threads=self.hp.threads, solver=self.hp.solver)
         finally:
             torch.set_num_threads(before)

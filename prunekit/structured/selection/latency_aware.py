@@ -10,10 +10,11 @@ NeurIPS 2022), ``latency_slim`` works in three steps:
    measured in interleaved rounds (medians), so machine-load drift between entries cancels.
    Tables are cached on disk under a key of model structure, input shapes, device,
    backend, batch and threads.
-2. **Allocate**: starting from full width, repeatedly narrow the group whose next grid
-   width costs the least importance (any prunekit criterion, mean-normalised per group)
-   per unit of latency it saves, until the predicted latency (dense minus the sum of the
-   measured savings) meets the budget. Only grid widths that the table shows are worth it
+2. **Allocate**: one grid width per group so that the predicted latency (dense minus the
+   sum of the measured savings) meets the budget while the least importance (any prunekit
+   criterion, mean-normalised per group) is removed: a multiple-choice knapsack, solved
+   exactly by dynamic programming over the saving, as in HALP (``solver="greedy"``, the
+   step-by-step rule the earlier benchmarks ran, is kept). Only grid widths that the table shows are worth it
    are used: a width that is no faster than a wider one is dropped, which is how widths
    snap to the SIMD/tile multiples this machine rewards, found by measurement.
 3. **Verify**: the slim model is timed against the dense model in the same run. If the
@@ -183,15 +184,30 @@ def param_mass(model: nn.Module, g: ChannelGroup) -> float:
 
 
 def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None,
-             normalise: bool = True) -> dict[str, int]:
+             normalise: bool = True, solver: str = "knapsack") -> dict[str, int]:
     """Kept units per part for every role so that the predicted latency ratio (1 minus the
-    sum of measured savings) is at most ``target_ratio``; greedy by importance lost per
-    latency saved. ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's
-    importance loss; without it every channel counts alike, whatever it is wired to.
-    ``normalise=False`` compares raw scores across groups (see ``_loss``)."""
+    sum of measured savings) is at most ``target_ratio`` at the least importance lost.
+    ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's importance loss;
+    without it every channel counts alike, whatever it is wired to. ``normalise=False``
+    compares raw scores across groups (see ``_loss``).
+
+    solver: ``"knapsack"`` (default) solves the multiple-choice knapsack exactly
+    (``choose_widths``), as HALP does; ``"greedy"`` narrows, one grid step at a time, the
+    role with the least importance lost per latency saved: optimal only when every role's
+    savings curve is convex, which measured tables often are not (a SIMD multiple can save
+    more than the step before it), and what the earlier benchmarks ran."""
+    if solver not in ("knapsack", "greedy"):
+        raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
     mass = mass or {}
     roles = roles_of(groups, scores)
     options = {name: useful_widths(row) for name, row in table.items() if name in roles}
+
+    def lost(name, kp):
+        return sum(_loss(g, scores[g.id], kp, normalise) * mass.get(g.id, 1.0) for g in roles[name])
+
+    if solver == "knapsack":
+        items = {name: [(kp, 1.0 - table[name][kp], lost(name, kp)) for kp in opts] for name, opts in options.items()}
+        return choose_widths(items, 1.0 - target_ratio)
     state = {name: 0 for name in options}  # index into options (0 = full width)
     pred = 1.0
     while pred > target_ratio:
@@ -201,9 +217,7 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
                 continue
             a, b = options[name][i], options[name][i + 1]
             saved = table[name][a] - table[name][b]
-            cost = sum((_loss(g, scores[g.id], b, normalise) - _loss(g, scores[g.id], a, normalise))
-                       * mass.get(g.id, 1.0) for g in roles[name])
-            rate = cost / max(saved, 1e-6)
+            rate = (lost(name, b) - lost(name, a)) / max(saved, 1e-6)
             if best is None or rate < best[0]:
                 best = (rate, name, saved)
         if best is None:
@@ -212,6 +226,51 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
         state[name] += 1
         pred -= saved
     return {name: options[name][i] for name, i in state.items()}
+
+
+def choose_widths(items: dict, need: float, resolution: int = 2000) -> dict:
+    """Exact multiple-choice knapsack: one option per role, ``items = {role: [(width, saving,
+    loss), ...]}`` (saving and loss against full width), total saving >= ``need`` at the least
+    total loss. Savings are counted in 1/``resolution`` of the dense latency, rounded *down*,
+    so a chosen set meets the budget on the table. Dynamic programming over the saving
+    (O(roles x options x resolution)). If no choice reaches ``need``, every role takes its
+    largest saving (the most the table offers; the verify loop then reports the shortfall)."""
+    import numpy as np
+
+    names = list(items)
+    if not names:
+        return {}
+    cap = max(0, math.ceil(need * resolution - 1e-9))
+    if cap == 0:  # nothing to save: full width everywhere (the zero-saving option, else the least loss)
+        return {n: min(items[n], key=lambda o: (o[1] > 0, o[2]))[0] for n in names}
+    inf = float("inf")
+    dp = np.full(cap + 1, inf)
+    dp[0] = 0.0
+    back = []  # per role: (option index, previous saving bucket) for every bucket
+    for n in names:
+        new = np.full(cap + 1, inf)
+        pick = np.full(cap + 1, -1)
+        prev = np.full(cap + 1, -1)
+        for j, (_, sav, loss) in enumerate(items[n]):
+            b = max(0, int(math.floor(sav * resolution + 1e-9)))
+            src = np.arange(cap + 1)
+            dst = np.minimum(src + b, cap)
+            cand = dp + loss
+            # several sources land on the cap bucket: keep the cheapest of them
+            order = np.lexsort((cand, dst))
+            first = np.r_[True, dst[order][1:] != dst[order][:-1]]
+            d, c, s0 = dst[order][first], cand[order][first], src[order][first]
+            better = c < new[d]
+            new[d[better]], pick[d[better]], prev[d[better]] = c[better], j, s0[better]
+        dp = new
+        back.append((pick, prev))
+    if not np.isfinite(dp[cap]):
+        return {n: max(items[n], key=lambda o: (o[1], -o[2]))[0] for n in names}
+    out, s = {}, cap
+    for n, (pick, prev) in zip(reversed(names), reversed(back)):
+        out[n] = items[n][int(pick[s])][0]
+        s = int(prev[s])
+    return {n: out[n] for n in names}
 
 
 def _describe_setting(example_inputs, backend, threads) -> str:
@@ -237,7 +296,8 @@ def floor_speedup(model, example_inputs, groups, scores, backend="torch", thread
 
 def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1", backend: str = "torch",
                  threads: int | None = None, ignore=(), cache_dir=None, max_iters: int = 6, tolerance: float = 0.1,
-                 verify_rounds: int = 7, data=None, log=None, cost: str = "channels") -> nn.Module:
+                 verify_rounds: int = 7, data=None, log=None, cost: str = "channels",
+                 solver: str = "knapsack") -> nn.Module:
     """A slim copy of ``model`` that runs ``speedup`` times faster than it on this machine
     (``example_inputs`` fix the batch size), within ``tolerance``, or as close as it got.
 
@@ -246,9 +306,13 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     (``param_mass``), so a residual stream feeding every block is not cut first just because
     it is narrow and cheap to time. ``"absolute"``: the scores as they are, compared across
     groups; meant for ``criterion="taylor"`` (an estimate of the loss change, one unit for
-    every group, as in HALP), not for magnitudes whose scale differs per layer."""
+    every group, as in HALP), not for magnitudes whose scale differs per layer.
+
+    solver: ``"knapsack"`` (exact, default) or ``"greedy"`` (see ``allocate``)."""
     if cost not in ("channels", "params", "absolute"):
         raise ValueError(f"cost must be 'channels', 'params' or 'absolute', got {cost!r}")
+    if solver not in ("knapsack", "greedy"):
+        raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
     from ...metrics.latency import compare_latency
 
     if not isinstance(speedup, (int, float)) or speedup <= 1.0:
@@ -291,7 +355,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     target, best, history = 1.0 / speedup, None, []
     lo, hi = 0.0, 1.0  # budgets known to over- / under-shoot: the next one stays between them
     for it in range(max_iters):
-        alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute")
+        alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver)
         plan = {}
         for name, kp in alloc.items():
             plan.update(_role_plan(roles[name], scores, kp))
@@ -323,7 +387,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         warnings.warn(f"latency-aware: requested {speedup:g}x, best achieved {achieved:.2f}x {where} after "
                       f"{len(history)} iterations (the latency table's prediction is off for this model); "
                       "the closest model is returned", stacklevel=2)
-    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost, "backend": backend, "threads": threads,
+    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost, "solver": solver, "backend": backend, "threads": threads,
               "inputs": _input_shapes(example_inputs), "criterion": criterion if isinstance(criterion, str) else
               getattr(criterion, "__name__", "callable"),
               "table_cached": not measured, "table_key": key, "planning_seconds": time.perf_counter() - t0,
