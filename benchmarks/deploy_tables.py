@@ -111,7 +111,8 @@ def accuracy_section(res: dict) -> list[str]:
         else:
             d = la["val_selected_acc"][0] - un["val_selected_acc"][0]
             ref = f"uniform L1 {un['val_selected_acc'][0]:.2f} ({d:+.2f} points)"
-        out.append(f"* {sp:g}x: {pick} (chosen on validation) {la['val_selected_acc'][0]:.2f} vs {ref}"
+        how = ("fixed before the run, its cap chosen on validation" if c.get("headline") else "chosen on validation")
+        out.append(f"* {sp:g}x: {pick} ({how}) {la['val_selected_acc'][0]:.2f} vs {ref}"
                    + (f" and global L1 {gl['val_selected_acc'][0]:.2f} ({dg:+.2f})" if gl else "")
                    + f", n = {la['n']}; target >= uniform L1: **{'met' if d >= 0 else 'not met'}**"
                    + (f"; +1 point: **{'met' if d >= 1 else 'not met'}**" if sp >= 2 else "") + ".")
@@ -175,7 +176,8 @@ def render() -> str:
                   "12 heads, sequence 128) on this machine, one thread; the second run reuses the cached table.", ""]
         lines += planning_table(res) + [""]
     for name, cmd in (("latency_accuracy.json", ""), ("latency_accuracy_vgg11-mnist5k.json", " --setting vgg11-mnist5k"),
-                      ("latency_accuracy_vgg11-narrow-mnist5k.json", " --setting vgg11-narrow-mnist5k")):
+                      ("latency_accuracy_vgg11-narrow-mnist5k.json", " --setting vgg11-narrow-mnist5k"),
+                      ("latency_accuracy_vgg11-narrow-cap.json", " --setting vgg11-narrow-cap")):
         acc = RES / name
         if acc.exists():
             res = json.loads(acc.read_text())
@@ -195,8 +197,23 @@ def render() -> str:
             pilot = RES / "latency_accuracy_pilot.json"
             if res["config"].get("match_each_variant") and pilot.exists():
                 lines += pilot_paragraph(json.loads(pilot.read_text()))
+            cap = RES / "latency_accuracy_pilot_cap.json"
+            if res["config"].get("headline") and cap.exists():
+                lines += cap_paragraph(json.loads(cap.read_text()))
             lines += accuracy_section(res) + [""]
     return "\n".join(lines)
+
+
+def cap_paragraph(p: dict) -> list[str]:
+    """How the cap was chosen (PROTOCOL 4.5, second addendum), from the cap pilot's JSON."""
+    cells = "; ".join(f"{r['speedup']:g}x r={r['max_ratio']:g}: "
+                      + (f"{r['best_val_acc'] * 100:.2f} (achieved {r['achieved']:.2f}x)" if "best_val_acc" in r
+                         else "refused") for r in p["rows"])
+    return [f"The cap (`max_ratio`, the most of any group's width the allocation may remove) was chosen before this "
+            f"run by `latency_accuracy.py --pilot-cap` (selection seed {p['pilot']['seed']}, validation only, "
+            f"knapsack solver): best validation accuracy {cells}. Rule: {p['rule']}; chosen: "
+            + ", ".join(f"{k}x: {v:g}" for k, v in p["chosen"].items()) + ". `latency-aware` here is the "
+            "knapsack without a cap; the verdict uses `latency-aware-cap` against the uniform L1 matched to it.", ""]
 
 
 def pilot_paragraph(p: dict) -> list[str]:

@@ -127,6 +127,76 @@ def narrow_setting(width: float) -> dict:
     return cfg
 
 
+# PROTOCOL 4.5, second addendum: the cap on any group's cut, chosen per speed-up on seed 100
+PILOT_CAP = {"width": 0.125, "seed": 100, "speedups": [2.0, 3.0], "max_ratios": [1.0, 0.75, 0.5],
+             "solver": "knapsack"}
+
+
+def cap_choice(rows) -> dict:
+    """The written rule: per speed-up, the max_ratio with the highest best validation accuracy,
+    ties to the larger one (the lesser constraint); refused requests are not candidates."""
+    out = {}
+    for sp in sorted({r["speedup"] for r in rows}):
+        cands = [r for r in rows if r["speedup"] == sp and r.get("best_val_acc") is not None]
+        if cands:
+            out[f"{sp:g}"] = max(cands, key=lambda r: (round(r["best_val_acc"], 9), r["max_ratio"]))["max_ratio"]
+    return out
+
+
+def cap_pilot(out_json: Path, log, pilot=PILOT_CAP, n_train=None, fast=False) -> dict:
+    """Latency-aware L1 (knapsack) at each cap, fine-tuned with the shared recipe; validation
+    only (test is never evaluated), on the selection seed."""
+    seed, cfg = pilot["seed"], pilot_cfg(pilot["width"])
+    data = load_data(cfg, seed)
+    if n_train:  # tests: a slice of the training split
+        data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(n_train, len(data.train)))))
+        cfg["dense"]["epochs"], cfg["finetune"]["epochs"] = 1, 1
+    torch.manual_seed(seed)
+    dense = build(cfg, data)
+    train(dense, data, TrainHparams(**cfg["dense"], seed=seed), progress=False, eval_test=False)
+    dense.eval()
+    x = data.train.x[: 4 if fast else cfg["latency"]["batch"]].clone()
+    cache_dir, rows = tempfile.mkdtemp(prefix="latency-tables-"), []
+    for sp in pilot["speedups"]:
+        for r in pilot["max_ratios"]:
+            row = {"speedup": sp, "max_ratio": r}
+            try:
+                m = latency_slim(dense, x, speedup=sp, criterion="l1", threads=1, cache_dir=cache_dir,
+                                 solver=pilot["solver"], max_ratio=r, **({"verify_rounds": 1} if fast else {}))
+            except UnreachableSpeedupError as e:
+                rows.append({**row, "refused": str(e)})
+                log(f"  cap pilot {sp:g}x r={r:g}: refused ({e})")
+                continue
+            rep = latency_report(m)
+            f = train(copy.deepcopy(m).train(), data, TrainHparams(**cfg["finetune"], seed=seed), progress=False,
+                      eval_test=False)
+            rows.append({**row, "achieved": rep["achieved"], "best_val_acc": f.best_val_acc,
+                         "widths": {k: v["kept"] for k, v in rep["allocation"].items()}})
+            log(f"  cap pilot {sp:g}x r={r:g}: achieved {rep['achieved']:.2f}x, val {f.best_val_acc:.4f}, "
+                f"widths {sorted(rows[-1]['widths'].values())}")
+    result = {"benchmark": "latency_accuracy_pilot_cap", "pilot": pilot, "rows": rows, "chosen": cap_choice(rows),
+              "rule": "per speed-up, the max_ratio with the highest best validation accuracy, ties to the larger",
+              "test_accuracy_computed": False, "torch": torch.__version__}
+    atomic_write_json(out_json, result)
+    log(f"cap pilot: chosen {result['chosen']}")
+    return result
+
+
+def cap_setting(chosen: dict) -> dict:
+    """PROTOCOL 4.5's capped run: the narrow setting's dense models (same recipe and seeds,
+    reused from the cache), latency-aware L1 with the knapsack, uncapped and at the cap the
+    pilot chose per speed-up, each with a uniform L1 bisected to its own speed-up. The verdict
+    uses the capped model (fixed before the run, not chosen afterwards)."""
+    cfg = narrow_setting(PILOT_CAP["width"])
+    cfg["dense_name"], cfg["name"] = cfg["name"], cfg["name"] + "-cap"
+    cfg["latency"] = {**cfg["latency"], "solver": "knapsack"}
+    cfg["variants"] = {"latency-aware-cap": {"cost": "channels", "max_ratio": chosen}}
+    cfg["methods"] = ["latency-aware", "uniform-l1", "global-l1", "latency-aware-cap", "uniform-l1@latency-aware-cap"]
+    cfg["headline"] = "latency-aware-cap"
+    cfg["title"] = "VGG-11 (width 0.125, BN) on mnist5k, latency-aware with a per-group cap (max_ratio)"
+    return cfg
+
+
 def capacity_pilot(out_json: Path, log, pilot=PILOT, n_train=None, fast=False) -> dict:
     """PROTOCOL 4.5: per width, the dense model and uniform L1 at a measured ``speedup``, both
     trained without computing test accuracy; the widest width whose uniform L1 loses at least
@@ -247,8 +317,11 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
     idx = torch.randperm(len(data.train), generator=g)[: cfg.get("taylor_samples", 256)]
     for method, v in (cfg["variants"] if variants is None else variants).items():
         crit = v.get("criterion", "l1")
+        cap = v.get("max_ratio", 1.0)
+        # chosen per speed-up (PROTOCOL 4.5); a speed-up the pilot did not cover (tests) runs uncapped
+        cap = cap.get(f"{speedup:g}", 1.0) if isinstance(cap, dict) else cap
         m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
-                         solver=lat.get("solver", "knapsack"),
+                         solver=v.get("solver", lat.get("solver", "knapsack")), max_ratio=cap,
                          data=data.train.get_batch(idx) if crit == "taylor" else None)
         slims[method] = (m, None, latency_report(m))
         log(f"  [s{seed} {speedup}x] {method} achieved {latency_report(m)['achieved']:.2f}x")
@@ -305,7 +378,9 @@ def run_two_phase(cfg, args, out_dir, log) -> None:
         data = load_data(cfg, seed)
         if args.n_train:  # tests: a slice of the training split
             data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(args.n_train, len(data.train)))))
-        net, _, row = dense_model(cfg, seed, data, out_dir, log, cache_dir=args.dense_cache)
+        # a setting may reuse another's dense models (same recipe and seeds): ``dense_name``
+        net, _, row = dense_model({**cfg, "name": cfg.get("dense_name", cfg["name"])}, seed, data, out_dir, log,
+                                  cache_dir=args.dense_cache)
         atomic_write_json(out_dir / f"{cfg['name']}_s{seed}_dense.json", {"rows": [row]})
         dense[seed] = (data, net)
     todo = [(seed, sp) for seed in args.seeds for sp in args.speedups
@@ -333,6 +408,9 @@ def headline_variant(summary, rows, cfg=CFG) -> dict:
     validation accuracy (never the test accuracy)."""
     out = {}
     for sp in sorted({r["requested_speedup"] for r in rows}):
+        if cfg.get("headline"):  # fixed before the run (PROTOCOL 4.5, second addendum)
+            out[f"{sp:g}"] = {"chosen": cfg["headline"], "rule": "fixed before the run"}
+            continue
         cands = {}
         for m in ["latency-aware", *cfg["variants"]]:
             v = [r["best_val_acc"] for r in rows if r["requested_speedup"] == sp and r["method"] == m]
@@ -398,6 +476,9 @@ def merge(out_dir: Path, out_json: Path, cfg=CFG) -> dict:
 # no width lost >= 1 point (gaps 0.25 / 0.00 / 0.75 points at 0.5 / 0.25 / 0.125), so the rule
 # took the narrowest
 SETTINGS["vgg11-narrow-mnist5k"] = narrow_setting(0.125)
+# the cap pilot's choice (benchmarks/results/latency_accuracy_pilot_cap.json, seed 100, validation
+# only): no cap at 2x (96.75 against 96.50 at r=0.75; 0.5 refused) or 3x (0.75 and 0.5 refused)
+SETTINGS["vgg11-narrow-cap"] = cap_setting({"2": 1.0, "3": 1.0})
 
 
 def main(argv=None):
@@ -408,6 +489,8 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--speedups", nargs="*", type=float)
     ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")
+    ap.add_argument("--pilot-cap", action="store_true",
+                    help="PROTOCOL 4.5's second pilot: pick max_ratio per speed-up on validation (no test accuracy)")
     ap.add_argument("--pilot", action="store_true",
                     help="PROTOCOL 4.5's pilot: pick the capacity-bound VGG width on validation (no test accuracy)")
     ap.add_argument("--n-train", type=int, default=None, help="smaller MNIST-1D (tests); default the protocol's")
@@ -422,16 +505,22 @@ def main(argv=None):
     args.seeds = args.seeds if args.seeds is not None else base["seeds"]
     args.speedups = args.speedups if args.speedups is not None else base["speedups"]
     stem = "latency_accuracy" + ("" if base is CFG else f"_{args.setting}")
+    # the pilots write their own files: only an explicit --out replaces them, never the setting's default
     pilot_out = Path(args.out) if args.out else RESULTS / "latency_accuracy_pilot.json"
+    cap_out = Path(args.out) if args.out else RESULTS / "latency_accuracy_pilot_cap.json"
     args.parts = args.parts or str(RESULTS / stem)
     args.out = args.out or str(RESULTS / f"{stem}.json")
     out_dir = Path(args.parts)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.pilot:
         return capacity_pilot(pilot_out, log, n_train=args.n_train, fast=args.fast_timing)
+    if args.pilot_cap:
+        return cap_pilot(cap_out, log, n_train=args.n_train, fast=args.fast_timing)
     cfg = copy.deepcopy(base)
     if args.n_train:
         cfg["name"] += f"-n{args.n_train}"
+        if "dense_name" in cfg:
+            cfg["dense_name"] += f"-n{args.n_train}"
     if not args.merge:
         if args.n_train:
             cfg["data"]["n_train"] = args.n_train

@@ -512,3 +512,61 @@ def test_narrow_setting_matches_a_uniform_l1_to_each_variant(tmp_path):
     assert {f"uniform-l1@{v}" for v in variants} <= set(rows)
     assert all(rows[f"uniform-l1@{v}"]["ratio"] is not None for v in variants)
     assert len({row["budget_steps"] for row in res["rows"]}) == 1
+
+
+def test_max_ratio_caps_every_groups_cut():
+    """min_width's known answers, and the allocation under a cap: without it the cheapest way to
+    the budget cuts A to a quarter; with max_ratio=0.5 no group loses more than half."""
+    x, net, groups, scores, (ra, a), (rb, b) = _two_roles()
+    assert [la.min_width(a[0], r) for r in (1.0, 0.875, 0.75, 0.5, 0.1)] == [1, 2, 4, 8, 15]
+    table = {ra: {16: 1.0, 8: 0.6, 4: 0.5}, rb: {32: 1.0, 16: 0.7, 8: 0.6}}
+    assert la.allocate(groups, scores, table, target_ratio=0.5) == {ra: 4, rb: 32}
+    assert la.allocate(groups, scores, table, target_ratio=0.5, max_ratio=0.5) == {ra: 8, rb: 16}
+    assert la.allocate(groups, scores, table, target_ratio=0.5, max_ratio=0.5, solver="greedy") == {ra: 8, rb: 16}
+
+
+def test_latency_slim_honours_max_ratio_and_refuses_what_the_cap_makes_unreachable(tmp_path, monkeypatch):
+    from prunekit.metrics import flops
+    import prunekit.metrics.latency as lat
+
+    def fake(ms, inputs, **kw):  # a deterministic 'machine': latency proportional to FLOPs
+        f = {k: flops(m, inputs)["dense"] for k, m in ms.items()}
+        return {k: v / max(f.values()) for k, v in f.items()}
+
+    monkeypatch.setattr(lat, "compare_latency", fake)
+    x, net, *_ = _two_roles()
+    s = la.latency_slim(net, x, speedup=2.0, cache_dir=tmp_path, max_ratio=0.5)
+    rep = la.latency_report(s)
+    assert rep["max_ratio"] == 0.5 and all(v["kept"] * 2 >= v["of"] for v in rep["allocation"].values())
+    assert abs(rep["achieved"] / 2.0 - 1) <= 0.1
+    import warnings
+
+    with warnings.catch_warnings():  # reachable without the cap (the closest model, with a warning)
+        warnings.simplefilter("ignore")
+        la.latency_slim(net, x, speedup=5.0, cache_dir=tmp_path)
+    with pytest.raises(la.UnreachableSpeedupError, match=r"allowed by max_ratio=0.5 .*ask for at most"):
+        la.latency_slim(net, x, speedup=5.0, cache_dir=tmp_path, max_ratio=0.5)
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(ValueError, match="max_ratio must be in"):
+            la.latency_slim(net, x, speedup=2.0, cache_dir=tmp_path, max_ratio=bad)
+
+
+def test_cap_pilot_rule_and_output_path(tmp_path, monkeypatch):
+    """The cap rule's known answers (per speed-up, best validation, ties to the larger cap,
+    refused caps out), and the cap pilot writes its own file, not the setting's results."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency_accuracy as bench
+
+    rows = [{"speedup": 2.0, "max_ratio": 1.0, "best_val_acc": 0.96}, {"speedup": 2.0, "max_ratio": 0.75,
+                                                                      "best_val_acc": 0.97},
+            {"speedup": 2.0, "max_ratio": 0.5, "refused": "x"}, {"speedup": 3.0, "max_ratio": 1.0, "best_val_acc": 0.9},
+            {"speedup": 3.0, "max_ratio": 0.75, "best_val_acc": 0.9}, {"speedup": 4.0, "max_ratio": 1.0, "refused": "x"}]
+    assert bench.cap_choice(rows) == {"2": 0.75, "3": 1.0}
+    seen = {}
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "cap_pilot", lambda out, log, **kw: seen.setdefault("out", out))
+    bench.main(["--pilot-cap"])
+    assert seen["out"] == tmp_path / "latency_accuracy_pilot_cap.json"

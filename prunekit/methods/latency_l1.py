@@ -26,6 +26,7 @@ class LatencyL1Hparams:
     threads: int = hp(1, "CPU threads the speed-up is measured with.")
     solver: str = hp("knapsack", "Width allocation: knapsack (exact, as in HALP) or greedy (step by step).",
                      choices=("knapsack", "greedy"))
+    max_ratio: float = hp(1.0, "Most of any group's width that may be removed, in (0, 1]; 1.0 = no cap.")
 
 
 @register
@@ -44,6 +45,7 @@ class LatencyL1(PruningMethod):
         before = torch.get_num_threads()
         try:
             return latency_slim(self.copy(model).eval(), x, 1.0 / (1.0 - target), criterion=self.hp.criterion,
-                                backend=self.hp.backend, threads=self.hp.threads, solver=self.hp.solver)
+                                backend=self.hp.backend, threads=self.hp.threads, solver=self.hp.solver,
+                                max_ratio=self.hp.max_ratio)
         finally:
             torch.set_num_threads(before)

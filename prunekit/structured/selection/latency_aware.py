@@ -183,8 +183,17 @@ def param_mass(model: nn.Module, g: ChannelGroup) -> float:
     return max(tot / g.size, 1.0)
 
 
+def min_width(g: ChannelGroup, max_ratio: float = 1.0) -> int:
+    """Fewest units per part a group may keep when at most ``max_ratio`` of it is removed.
+    Why a cap: importance counts a layer's last channels like any others, so a layer that is
+    expensive to run (the first conv at full resolution) is cut to one channel, a bottleneck
+    no fine-tune undoes. ``max_ratio=1.0`` (no cap) still keeps one unit per part."""
+    per = g.size // g.unit // g.parts
+    return max(1, math.ceil(per * (1.0 - max_ratio) - 1e-9))
+
+
 def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None,
-             normalise: bool = True, solver: str = "knapsack") -> dict[str, int]:
+             normalise: bool = True, solver: str = "knapsack", max_ratio: float = 1.0) -> dict[str, int]:
     """Kept units per part for every role so that the predicted latency ratio (1 minus the
     sum of measured savings) is at most ``target_ratio`` at the least importance lost.
     ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's importance loss;
@@ -195,12 +204,15 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
     (``choose_widths``), as HALP does; ``"greedy"`` narrows, one grid step at a time, the
     role with the least importance lost per latency saved: optimal only when every role's
     savings curve is convex, which measured tables often are not (a SIMD multiple can save
-    more than the step before it), and what the earlier benchmarks ran."""
+    more than the step before it), and what the earlier benchmarks ran.
+
+    max_ratio: the most of any role's width that may be removed (``min_width``)."""
     if solver not in ("knapsack", "greedy"):
         raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
     mass = mass or {}
     roles = roles_of(groups, scores)
-    options = {name: useful_widths(row) for name, row in table.items() if name in roles}
+    options = {name: [kp for kp in useful_widths(row) if kp >= min_width(roles[name][0], max_ratio)]
+               for name, row in table.items() if name in roles}
 
     def lost(name, kp):
         return sum(_loss(g, scores[g.id], kp, normalise) * mass.get(g.id, 1.0) for g in roles[name])
@@ -277,14 +289,17 @@ def _describe_setting(example_inputs, backend, threads) -> str:
     return f"on {backend} with inputs {_input_shapes(example_inputs)} and {threads} thread(s)"
 
 
-def floor_speedup(model, example_inputs, groups, scores, backend="torch", threads=1, rounds=5) -> float | None:
+def floor_speedup(model, example_inputs, groups, scores, backend="torch", threads=1, rounds=5,
+                  max_ratio: float = 1.0) -> float | None:
     """Measured speed-up of the narrowest model the table could lead to (every role at its
-    narrowest grid width); None when that model cannot be built (then the table decides)."""
+    narrowest grid width that ``max_ratio`` allows); None when that model cannot be built
+    (then the table decides)."""
     from ...metrics.latency import compare_latency
 
     plan = {}
     for members in roles_of(groups, scores).values():
-        plan.update(_role_plan(members, scores, min(width_grid(members[0]))))
+        lo = min_width(members[0], max_ratio)
+        plan.update(_role_plan(members, scores, min(k for k in width_grid(members[0]) if k >= lo)))
     try:
         floor = slim_with_plan(model, example_inputs, plan, groups=groups, validate=False).eval()
     except Exception:  # noqa: BLE001 - measuring the table will find the widths that work
@@ -297,7 +312,7 @@ def floor_speedup(model, example_inputs, groups, scores, backend="torch", thread
 def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1", backend: str = "torch",
                  threads: int | None = None, ignore=(), cache_dir=None, max_iters: int = 6, tolerance: float = 0.1,
                  verify_rounds: int = 7, data=None, log=None, cost: str = "channels",
-                 solver: str = "knapsack") -> nn.Module:
+                 solver: str = "knapsack", max_ratio: float = 1.0) -> nn.Module:
     """A slim copy of ``model`` that runs ``speedup`` times faster than it on this machine
     (``example_inputs`` fix the batch size), within ``tolerance``, or as close as it got.
 
@@ -308,11 +323,16 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     groups; meant for ``criterion="taylor"`` (an estimate of the loss change, one unit for
     every group, as in HALP), not for magnitudes whose scale differs per layer.
 
-    solver: ``"knapsack"`` (exact, default) or ``"greedy"`` (see ``allocate``)."""
+    solver: ``"knapsack"`` (exact, default) or ``"greedy"`` (see ``allocate``).
+
+    max_ratio: the most of any group's width that may be removed, in (0, 1] (1.0: no cap, one
+    channel per part at least), as Torch-Pruning's ``max_pruning_ratio``; see ``min_width``."""
     if cost not in ("channels", "params", "absolute"):
         raise ValueError(f"cost must be 'channels', 'params' or 'absolute', got {cost!r}")
     if solver not in ("knapsack", "greedy"):
         raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
+    if not isinstance(max_ratio, (int, float)) or not 0.0 < max_ratio <= 1.0:
+        raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
     from ...metrics.latency import compare_latency
 
     if not isinstance(speedup, (int, float)) or speedup <= 1.0:
@@ -327,11 +347,12 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     if not roles_of(groups, scores):
         raise UnreachableSpeedupError(f"speedup {speedup:g}x is not reachable: the model has no prunable channel "
                                       "group (all are frozen or ignored), so narrowing cannot make it faster")
-    ceiling = floor_speedup(model, example_inputs, groups, scores, backend, threads)
+    ceiling = floor_speedup(model, example_inputs, groups, scores, backend, threads, max_ratio=max_ratio)
     if ceiling is not None and ceiling < speedup * (1 - tolerance):
+        capped = f" allowed by max_ratio={max_ratio:g}" if max_ratio < 1.0 else ""
         raise UnreachableSpeedupError(
-            f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width "
-            f"the model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
+            f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width"
+            f"{capped} the model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
     key = table_key(model, example_inputs, backend, threads)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / f"{key}.json"
@@ -355,7 +376,8 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     target, best, history = 1.0 / speedup, None, []
     lo, hi = 0.0, 1.0  # budgets known to over- / under-shoot: the next one stays between them
     for it in range(max_iters):
-        alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver)
+        alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver,
+                         max_ratio=max_ratio)
         plan = {}
         for name, kp in alloc.items():
             plan.update(_role_plan(roles[name], scores, kp))
@@ -387,7 +409,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         warnings.warn(f"latency-aware: requested {speedup:g}x, best achieved {achieved:.2f}x {where} after "
                       f"{len(history)} iterations (the latency table's prediction is off for this model); "
                       "the closest model is returned", stacklevel=2)
-    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost, "solver": solver, "backend": backend, "threads": threads,
+    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost, "solver": solver, "max_ratio": max_ratio, "backend": backend, "threads": threads,
               "inputs": _input_shapes(example_inputs), "criterion": criterion if isinstance(criterion, str) else
               getattr(criterion, "__name__", "callable"),
               "table_cached": not measured, "table_key": key, "planning_seconds": time.perf_counter() - t0,
