@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def accuracy_section(res: dict) -> list[str]:
                    + (f" and global L1 {gl['val_selected_acc'][0]:.2f} ({dg:+.2f})" if gl else "")
                    + f", n = {la['n']}; target >= uniform L1: **{'met' if d >= 0 else 'not met'}**"
                    + (f"; +1 point: **{'met' if d >= 1 else 'not met'}**" if sp >= 2 else "") + ".")
+        if matched:
+            out.append("  " + paired(res["rows"], sp, pick, f"uniform-l1@{pick}"))
     for u in res.get("unreachable", []):
         out.append(f"* refused ({u['part']}): {u['error']}")
     for sp in sorted({s["requested_speedup"] for s in res["summary"]}):
@@ -136,6 +139,22 @@ def accuracy_section(res: dict) -> list[str]:
             out.append(f"* {sp:g}x, narrowest layer of the default latency-aware allocation: {', '.join(names)} "
                        f"channel(s) ({len(narrowest)} runs).")
     return out
+
+
+def paired(rows, sp, a, b) -> str:
+    """Per seed: accuracy difference a - b (test at the val-chosen epoch) and the two measured
+    speed-ups of the final side-by-side timing, so a mean carried by one seed shows."""
+    by = {(r["seed"], r["method"]): r for r in rows if r["requested_speedup"] == sp}
+    cells, diffs = [], []
+    for seed in sorted({k[0] for k in by}):
+        ra, rb = by.get((seed, a)), by.get((seed, b))
+        if ra and rb:
+            d = (ra["val_selected_acc"] - rb["val_selected_acc"]) * 100
+            diffs.append(d)
+            cells.append(f"s{seed} {d:+.1f} ({ra['measured_speedup']:.2f}x / {rb['measured_speedup']:.2f}x)")
+    wins = sum(d > 0 for d in diffs)
+    return (f"Per seed, {a} minus its matched uniform L1 (points; measured speed-ups): " + ", ".join(cells)
+            + f"; ahead in {wins} of {len(diffs)} seeds, median {statistics.median(diffs):+.1f}.")
 
 
 def render() -> str:
