@@ -187,6 +187,18 @@ def render() -> str:
             lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
                       f"measured.", ""]
         lines += latency_table(res) + [""]
+    knap = RES / "latency_aware_knapsack.json"
+    if knap.exists():
+        res = json.loads(knap.read_text())
+        lines += ["### The same with the exact knapsack solver, the library default (`latency_aware.py --solver "
+                  "knapsack`)", "",
+                  "`.venv/bin/python benchmarks/latency_aware.py --solver knapsack --out "
+                  "benchmarks/results/latency_aware_knapsack.json` (torch eager only; the table above ran the "
+                  f"greedy solver). Wall time {res['seconds']:.0f} s.", ""]
+        if res.get("partial"):
+            lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
+                      f"measured.", ""]
+        lines += latency_table(res) + [""]
     plan = RES / "latency_planning.json"
     if plan.exists():
         res = json.loads(plan.read_text())
@@ -194,6 +206,11 @@ def render() -> str:
                   "Target: under 2 minutes for ResNet-56 and a BERT-base-sized model (768 hidden, 12 layers, "
                   "12 heads, sequence 128) on this machine, one thread; the second run reuses the cached table.", ""]
         lines += planning_table(res) + [""]
+    plan_k = RES / "latency_planning_knapsack.json"
+    if plan_k.exists():
+        lines += ["The same with the exact knapsack solver (`latency_aware.py --planning --solver knapsack --out "
+                  "benchmarks/results/latency_planning_knapsack.json`; the table above ran the greedy solver):", ""]
+        lines += planning_table(json.loads(plan_k.read_text())) + [""]
     for name, cmd in (("latency_accuracy.json", ""), ("latency_accuracy_vgg11-mnist5k.json", " --setting vgg11-mnist5k"),
                       ("latency_accuracy_vgg11-narrow-mnist5k.json", " --setting vgg11-narrow-mnist5k"),
                       ("latency_accuracy_vgg11-narrow-cap.json", " --setting vgg11-narrow-cap")):

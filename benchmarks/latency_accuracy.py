@@ -22,6 +22,10 @@ validation (headline), best epoch on test (optimistic, shown only for comparison
     .venv/bin/python benchmarks/latency_accuracy.py --seeds 0 --speedups 2
     .venv/bin/python benchmarks/latency_accuracy.py --merge         # table + JSON from the parts
     .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-mnist5k   # the compute-bound setting
+    .venv/bin/python benchmarks/latency_accuracy.py --pilot                   # PROTOCOL 4.5: pick the width
+    .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-mnist5k
+    .venv/bin/python benchmarks/latency_accuracy.py --pilot-cap               # pick max_ratio (validation)
+    .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-cap   # seeds 0-5
 
 Parts: benchmarks/results/latency_accuracy/*.json; merged: benchmarks/results/latency_accuracy.json.
 """
@@ -143,18 +147,25 @@ def cap_choice(rows) -> dict:
     return out
 
 
-def cap_pilot(out_json: Path, log, pilot=PILOT_CAP, n_train=None, fast=False) -> dict:
-    """Latency-aware L1 (knapsack) at each cap, fine-tuned with the shared recipe; validation
-    only (test is never evaluated), on the selection seed."""
-    seed, cfg = pilot["seed"], pilot_cfg(pilot["width"])
+def pilot_dense(cfg, seed, n_train=None):
+    """A pilot's data and dense model, trained without ever evaluating the test split:
+    (data, dense model in eval mode, its TrainResult). ``n_train``: a slice (tests), with
+    one-epoch recipes in ``cfg``."""
     data = load_data(cfg, seed)
-    if n_train:  # tests: a slice of the training split
+    if n_train:
         data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(n_train, len(data.train)))))
         cfg["dense"]["epochs"], cfg["finetune"]["epochs"] = 1, 1
     torch.manual_seed(seed)
     dense = build(cfg, data)
-    train(dense, data, TrainHparams(**cfg["dense"], seed=seed), progress=False, eval_test=False)
-    dense.eval()
+    res = train(dense, data, TrainHparams(**cfg["dense"], seed=seed), progress=False, eval_test=False)
+    return data, dense.eval(), res
+
+
+def cap_pilot(out_json: Path, log, pilot=PILOT_CAP, n_train=None, fast=False) -> dict:
+    """Latency-aware L1 (knapsack) at each cap, fine-tuned with the shared recipe; validation
+    only (test is never evaluated), on the selection seed."""
+    seed, cfg = pilot["seed"], pilot_cfg(pilot["width"])
+    data, dense, _ = pilot_dense(cfg, seed, n_train)
     x = data.train.x[: 4 if fast else cfg["latency"]["batch"]].clone()
     cache_dir, rows = tempfile.mkdtemp(prefix="latency-tables-"), []
     for sp in pilot["speedups"]:
@@ -193,6 +204,7 @@ def cap_setting(chosen: dict) -> dict:
     cfg["variants"] = {"latency-aware-cap": {"cost": "channels", "max_ratio": chosen}}
     cfg["methods"] = ["latency-aware", "uniform-l1", "global-l1", "latency-aware-cap", "uniform-l1@latency-aware-cap"]
     cfg["headline"] = "latency-aware-cap"
+    cfg["seeds"] = [0, 1, 2, 3, 4, 5]  # 3-5 added by a PROTOCOL 4.5 addendum before they ran
     cfg["title"] = "VGG-11 (width 0.125, BN) on mnist5k, latency-aware with a per-group cap (max_ratio)"
     return cfg
 
@@ -205,15 +217,8 @@ def capacity_pilot(out_json: Path, log, pilot=PILOT, n_train=None, fast=False) -
     rows, seed = [], pilot["seed"]
     for w in pilot["widths"]:
         cfg = pilot_cfg(w)
-        data = load_data(cfg, seed)
-        if n_train:  # tests: a slice of the training split
-            data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(n_train, len(data.train)))))
-            cfg["dense"]["epochs"], cfg["finetune"]["epochs"] = 1, 1
         t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        dense = build(cfg, data)
-        d = train(dense, data, TrainHparams(**cfg["dense"], seed=seed), progress=False, eval_test=False)
-        dense.eval()
+        data, dense, d = pilot_dense(cfg, seed, n_train)
         lat = {**cfg["latency"], **({"batch": 4, "bisect_iters": 2, "bisect_rounds": 1} if fast else {})}
         x = data.train.x[: lat["batch"]].clone()
         ratio, sp, m = match_latency(dense, x, channel_groups(dense, x), "uniform", pilot["speedup"],
