@@ -472,15 +472,20 @@ def test_knapsack_beats_greedy_where_the_savings_curve_is_not_convex():
         la.allocate(groups, scores, table, target_ratio=0.5, solver="lp")
 
 
-def test_latency_slim_reports_its_solver_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+def _flops_machine(monkeypatch):
+    """Replace the timer by a deterministic 'machine': latency proportional to FLOPs."""
     from prunekit.metrics import flops
     import prunekit.metrics.latency as lat
 
-    def fake(ms, inputs, **kw):  # a deterministic 'machine': latency proportional to FLOPs
+    def fake(ms, inputs, **kw):
         f = {k: flops(m, inputs)["dense"] for k, m in ms.items()}
         return {k: v / max(f.values()) for k, v in f.items()}
 
     monkeypatch.setattr(lat, "compare_latency", fake)
+
+
+def test_latency_slim_reports_its_solver_and_refuses_an_unknown_one(tmp_path, monkeypatch):
+    _flops_machine(monkeypatch)
     x, net, *_ = _two_roles()
     for solver in ("knapsack", "greedy"):
         s = la.latency_slim(net, x, speedup=2.0, cache_dir=tmp_path, solver=solver)  # A at 8 gives 2.0x
@@ -526,14 +531,7 @@ def test_max_ratio_caps_every_groups_cut():
 
 
 def test_latency_slim_honours_max_ratio_and_refuses_what_the_cap_makes_unreachable(tmp_path, monkeypatch):
-    from prunekit.metrics import flops
-    import prunekit.metrics.latency as lat
-
-    def fake(ms, inputs, **kw):  # a deterministic 'machine': latency proportional to FLOPs
-        f = {k: flops(m, inputs)["dense"] for k, m in ms.items()}
-        return {k: v / max(f.values()) for k, v in f.items()}
-
-    monkeypatch.setattr(lat, "compare_latency", fake)
+    _flops_machine(monkeypatch)
     x, net, *_ = _two_roles()
     s = la.latency_slim(net, x, speedup=2.0, cache_dir=tmp_path, max_ratio=0.5)
     rep = la.latency_report(s)
