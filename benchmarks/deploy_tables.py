@@ -33,6 +33,13 @@ def ort_table(res: dict) -> list[str]:
     return out
 
 
+def partial_note(res: dict) -> list[str]:
+    """The warning a stopped speed run carries above its table (empty for a finished run)."""
+    if not res.get("partial"):
+        return []
+    return [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it measured.", ""]
+
+
 def latency_table(res: dict) -> list[str]:
     out = ["| model | backend | batch | requested | achieved (independent re-timing) | achieved / requested "
            "| FLOPs red. | params (slim / dense) | planning s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -183,10 +190,7 @@ def render() -> str:
                   f"measuring the latency table for the first request of each model and batch (later requests "
                   f"reuse the cached table). Wall time {res['seconds']:.0f} s."
                   + (f" Conditions: {res['config']['conditions']}" if res["config"].get("conditions") else ""), ""]
-        if res.get("partial"):
-            lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
-                      f"measured.", ""]
-        lines += latency_table(res) + [""]
+        lines += partial_note(res) + latency_table(res) + [""]
     knap = RES / "latency_aware_knapsack.json"
     if knap.exists():
         res = json.loads(knap.read_text())
@@ -195,10 +199,7 @@ def render() -> str:
                   "`.venv/bin/python benchmarks/latency_aware.py --solver knapsack --out "
                   "benchmarks/results/latency_aware_knapsack.json` (torch eager only; the table above ran the "
                   f"greedy solver). Wall time {res['seconds']:.0f} s.", ""]
-        if res.get("partial"):
-            lines += [f"**Partial run**: stopped after {len(res['rows'])} requests; the rows below are all it "
-                      f"measured.", ""]
-        lines += latency_table(res) + [""]
+        lines += partial_note(res) + latency_table(res) + [""]
     plan = RES / "latency_planning.json"
     if plan.exists():
         res = json.loads(plan.read_text())

@@ -147,13 +147,19 @@ def cap_choice(rows) -> dict:
     return out
 
 
+def train_slice(data, n_train=None):
+    """The first ``n_train`` training samples (tests); the data unchanged when None."""
+    if not n_train:
+        return data
+    return dataclasses.replace(data, train=data.train.subset(torch.arange(min(n_train, len(data.train)))))
+
+
 def pilot_dense(cfg, seed, n_train=None):
     """A pilot's data and dense model, trained without ever evaluating the test split:
     (data, dense model in eval mode, its TrainResult). ``n_train``: a slice (tests), with
     one-epoch recipes in ``cfg``."""
-    data = load_data(cfg, seed)
+    data = train_slice(load_data(cfg, seed), n_train)
     if n_train:
-        data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(n_train, len(data.train)))))
         cfg["dense"]["epochs"], cfg["finetune"]["epochs"] = 1, 1
     torch.manual_seed(seed)
     dense = build(cfg, data)
@@ -301,7 +307,7 @@ def run_variant(cfg, seed, speedup, data, dense, cache_dir, method, cost, log) -
     dense = dense.eval()
     x = data.train.x[: lat["batch"]].clone()
     m = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir, cost=cost,
-                     solver=lat.get("solver", "knapsack"))
+                     solver=lat["solver"])
     t = compare_latency({"dense": dense, method: m}, x, num_threads=1, rounds=lat["final_rounds"], min_run_time=0.05)
     return [finetuned_row(cfg, seed, speedup, data, dense, x, method, m, t, rep=latency_report(m))]
 
@@ -314,7 +320,7 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
     dense = dense.eval()
     x = data.train.x[: lat["batch"]].clone()
     la = latency_slim(dense, x, speedup=speedup, criterion="l1", threads=1, cache_dir=cache_dir,
-                      solver=lat.get("solver", "knapsack"))
+                      solver=lat["solver"])
     target = latency_report(la)["achieved"]
     log(f"  [s{seed} {speedup}x] latency-aware achieved {target:.2f}x")
     slims = {"latency-aware": (la, None, latency_report(la))}
@@ -326,7 +332,7 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
         # chosen per speed-up (PROTOCOL 4.5); a speed-up the pilot did not cover (tests) runs uncapped
         cap = cap.get(f"{speedup:g}", 1.0) if isinstance(cap, dict) else cap
         m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
-                         solver=v.get("solver", lat.get("solver", "knapsack")), max_ratio=cap,
+                         solver=v.get("solver", lat["solver"]), max_ratio=cap,
                          data=data.train.get_batch(idx) if crit == "taylor" else None)
         slims[method] = (m, None, latency_report(m))
         log(f"  [s{seed} {speedup}x] {method} achieved {latency_report(m)['achieved']:.2f}x")
@@ -380,9 +386,7 @@ def run_two_phase(cfg, args, out_dir, log) -> None:
     cache_dir = tempfile.mkdtemp(prefix="latency-tables-")
     dense = {}
     for seed in args.seeds:
-        data = load_data(cfg, seed)
-        if args.n_train:  # tests: a slice of the training split
-            data = dataclasses.replace(data, train=data.train.subset(torch.arange(min(args.n_train, len(data.train)))))
+        data = train_slice(load_data(cfg, seed), args.n_train)
         # a setting may reuse another's dense models (same recipe and seeds): ``dense_name``
         net, _, row = dense_model({**cfg, "name": cfg.get("dense_name", cfg["name"])}, seed, data, out_dir, log,
                                   cache_dir=args.dense_cache)
@@ -489,8 +493,9 @@ SETTINGS["vgg11-narrow-cap"] = cap_setting({"2": 1.0, "3": 1.0})
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="resnet20-mnist1d",
-                    help="resnet20-mnist1d (the first run), vgg11-mnist5k (compute-bound, two phases) or "
-                         "vgg11-narrow-mnist5k (PROTOCOL 4.5: the pilot's capacity-bound width)")
+                    help="resnet20-mnist1d (the first run), vgg11-mnist5k (compute-bound, two phases), "
+                         "vgg11-narrow-mnist5k (PROTOCOL 4.5: the pilot's capacity-bound width) or "
+                         "vgg11-narrow-cap (the same with the knapsack and the cap pilot's max_ratio)")
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--speedups", nargs="*", type=float)
     ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")

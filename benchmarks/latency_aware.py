@@ -33,7 +33,7 @@ from prunekit import models  # noqa: E402
 from prunekit.foundations.io import atomic_write_json  # noqa: E402
 from prunekit.metrics import count_params, flops  # noqa: E402
 from prunekit.metrics.latency import compare_latency  # noqa: E402
-from prunekit.structured.selection.latency_aware import latency_report, latency_slim  # noqa: E402
+from prunekit.structured.selection.latency_aware import SOLVERS, latency_report, latency_slim  # noqa: E402
 
 
 def bert(batch):
@@ -101,7 +101,7 @@ def main(argv=None):
     ap.add_argument("--ort", action="store_true", help="also plan and time on ONNX Runtime (batch 1)")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--rounds", type=int, default=None, help="independent timing rounds (default 7, --full 15)")
-    ap.add_argument("--solver", choices=["greedy", "knapsack"], default="greedy",
+    ap.add_argument("--solver", choices=SOLVERS, default="greedy",
                     help="allocation solver; default greedy, the one the committed JSON ran with (the library's "
                          "default is the exact knapsack, added later)")
     ap.add_argument("--planning", action="store_true", help="only the planning-time runs (BERT-base, ResNet-56)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..foundations.hparams import hp
 from ..structured.selection.importance import CRITERIA
-from ..structured.selection.latency_aware import latency_slim
+from ..structured.selection.latency_aware import SOLVERS, latency_slim
 from .base import PruningMethod
 from .registry import register
 
@@ -25,7 +25,7 @@ class LatencyL1Hparams:
     batch_size: int = hp(1, "Batch size the speed-up is measured at.")
     threads: int = hp(1, "CPU threads the speed-up is measured with.")
     solver: str = hp("knapsack", "Width allocation: knapsack (exact, as in HALP) or greedy (step by step).",
-                     choices=("knapsack", "greedy"))
+                     choices=SOLVERS)
     max_ratio: float = hp(1.0, "Most of any group's width that may be removed, in (0, 1]; 1.0 = no cap.")
 
 

@@ -49,6 +49,7 @@ from .planner import choose
 from ..surgery.slim import slim_with_plan
 
 REPORT_KEY = "_prunekit_latency"
+SOLVERS = ("knapsack", "greedy")  # how widths are allocated (see ``allocate``); the first is the default
 
 
 class UnreachableSpeedupError(ValueError):
@@ -183,6 +184,11 @@ def param_mass(model: nn.Module, g: ChannelGroup) -> float:
     return max(tot / g.size, 1.0)
 
 
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
+
+
 def min_width(g: ChannelGroup, max_ratio: float = 1.0) -> int:
     """Fewest units per part a group may keep when at most ``max_ratio`` of it is removed.
     Why a cap: importance counts a layer's last channels like any others, so a layer that is
@@ -207,8 +213,7 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
     more than the step before it), and what the earlier benchmarks ran.
 
     max_ratio: the most of any role's width that may be removed (``min_width``)."""
-    if solver not in ("knapsack", "greedy"):
-        raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
+    check_solver(solver)
     mass = mass or {}
     roles = roles_of(groups, scores)
     options = {name: [kp for kp in useful_widths(row) if kp >= min_width(roles[name][0], max_ratio)]
@@ -265,15 +270,16 @@ def choose_widths(items: dict, need: float, resolution: int = 2000) -> dict:
         prev = np.full(cap + 1, -1)
         for j, (_, sav, loss) in enumerate(items[n]):
             b = max(0, int(math.floor(sav * resolution + 1e-9)))
-            src = np.arange(cap + 1)
-            dst = np.minimum(src + b, cap)
             cand = dp + loss
-            # several sources land on the cap bucket: keep the cheapest of them
-            order = np.lexsort((cand, dst))
-            first = np.r_[True, dst[order][1:] != dst[order][:-1]]
-            d, c, s0 = dst[order][first], cand[order][first], src[order][first]
-            better = c < new[d]
-            new[d[better]], pick[d[better]], prev[d[better]] = c[better], j, s0[better]
+            # bucket s moves to s + b; every bucket from cap - b on lands on the cap (the budget met)
+            if b < cap:
+                better = cand[: cap - b] < new[b:cap]
+                d = np.nonzero(better)[0]
+                new[d + b], pick[d + b], prev[d + b] = cand[d], j, d
+            lo = max(cap - b, 0)
+            i = lo + int(np.argmin(cand[lo:]))
+            if cand[i] < new[cap]:
+                new[cap], pick[cap], prev[cap] = cand[i], j, i
         dp = new
         back.append((pick, prev))
     if not np.isfinite(dp[cap]):
@@ -329,8 +335,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     channel per part at least), as Torch-Pruning's ``max_pruning_ratio``; see ``min_width``."""
     if cost not in ("channels", "params", "absolute"):
         raise ValueError(f"cost must be 'channels', 'params' or 'absolute', got {cost!r}")
-    if solver not in ("knapsack", "greedy"):
-        raise ValueError(f"solver must be 'knapsack' or 'greedy', got {solver!r}")
+    check_solver(solver)
     if not isinstance(max_ratio, (int, float)) or not 0.0 < max_ratio <= 1.0:
         raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
     from ...metrics.latency import compare_latency
