@@ -36,6 +36,11 @@ from prunekit.metrics.latency import compare_latency  # noqa: E402
 from prunekit.structured.selection.latency_aware import SOLVERS, latency_report, latency_slim  # noqa: E402
 
 
+# How latency_slim corrects a missed budget: "curve" interpolates the next budget on the measured
+# predicted -> achieved curve (next_budget); the runs before it scaled the budget by achieved/requested.
+VERIFY = "curve"
+
+
 def bert(batch):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers as T
@@ -119,7 +124,7 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"unknown model(s) {sorted(bad)}; choose from {sorted(all_specs)}")
     config = {"rounds": rounds, "threads": 1, "clock": "cpu (process time, one thread)", "criterion": "l1",
-              "solver": args.solver, "full": args.full, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+              "solver": args.solver, "verify": VERIFY, "full": args.full, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     cache = tempfile.mkdtemp(prefix="latency-tables-")  # fresh tables: planning time includes measuring
     rows, t_start = [], time.perf_counter()
     backends = [("torch", b) for b in args.batches] + ([("onnxruntime", 1)] if args.ort else [])

@@ -18,9 +18,13 @@ NeurIPS 2022), ``latency_slim`` works in three steps:
    are used: a width that is no faster than a wider one is dropped, which is how widths
    snap to the SIMD/tile multiples this machine rewards, found by measurement.
 3. **Verify**: the slim model is timed against the dense model in the same run. If the
-   achieved speed-up misses the request by more than 10% the prediction error is fed back
-   (the budget is scaled by achieved/requested) and the allocation is redone, up to
-   ``max_iters`` times; the closest result is returned, never one that does not run.
+   achieved speed-up misses the request by more than half the tolerance, the allocation is
+   redone at a corrected budget, up to ``max_iters`` times: every timing is a point of the
+   curve from the table's predicted latency to the measured one (the dense and the floor
+   model are two more), and the next budget is interpolated on that curve
+   (``next_budget``), so a model whose fixed per-op costs make the table over-promise is
+   corrected in one or two steps, not by 10 % a step. The closest result is returned, never
+   one that does not run.
 
 Before any table is measured, the *floor* model (every prunable group at its narrowest
 grid width) is timed once against the dense model. If even that misses the request by more
@@ -291,6 +295,49 @@ def choose_widths(items: dict, need: float, resolution: int = 2000) -> dict:
     return {n: out[n] for n in names}
 
 
+def predicted_ratio(table: dict, alloc: dict) -> float:
+    """The table's additive prediction of an allocation's latency ratio to dense."""
+    return 1.0 - sum(1.0 - table[name][kp] for name, kp in alloc.items() if name in table)
+
+
+def floor_widths(roles: dict, table: dict, max_ratio: float = 1.0) -> dict:
+    """The narrowest measured width of every role that ``max_ratio`` allows (the floor model)."""
+    out = {}
+    for name, row in table.items():
+        if name in roles:
+            lo = min_width(roles[name][0], max_ratio)
+            out[name] = min((k for k in row if k >= lo), default=max(row))
+    return out
+
+
+def bracket(points, want: float, faster: bool) -> float:
+    """The predicted ratio of the timed point closest to ``want`` that was faster than asked
+    (``faster``; 0.0 if none) or slower than asked (the dense model at worst)."""
+    if faster:
+        return max((p for p in points if p[1] <= want), key=lambda p: p[1], default=(0.0, 0.0))[0]
+    return min((p for p in points if p[1] > want), key=lambda p: p[1])[0]
+
+
+def next_budget(points, want: float) -> float:
+    """The predicted latency ratio to ask the allocation for next, so that the measured ratio
+    is ``want``. ``points``: (predicted, measured) latency ratios timed so far, the dense model
+    (1, 1) among them. Between the closest point that was too slow and the closest that was
+    too fast, the predicted -> measured curve is interpolated linearly (regula falsi); with
+    nothing too fast yet, the line from the dense model through the closest too-slow point is
+    extended (a fixed share of latency that no narrowing removes makes that line flatter than
+    the table assumes, so the step grows to match)."""
+    a = min((p for p in points if p[1] > want), key=lambda p: p[1])
+    fast = [p for p in points if p[1] <= want]
+    if fast:
+        b = max(fast, key=lambda p: p[1])
+        if a[1] - b[1] <= 1e-9:
+            return b[0]
+        return a[0] + (a[1] - want) / (a[1] - b[1]) * (b[0] - a[0])  # a fraction of the way from a to b
+    if a[1] >= 1.0 - 1e-9:  # nothing measured faster than dense: halve the narrowest ask
+        return min(p[0] for p in points) / 2
+    return max(0.0, 1.0 + (want - 1.0) * (1.0 - a[0]) / (1.0 - a[1]))
+
+
 def _describe_setting(example_inputs, backend, threads) -> str:
     return f"on {backend} with inputs {_input_shapes(example_inputs)} and {threads} thread(s)"
 
@@ -378,44 +425,53 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     roles = roles_of(groups, scores)
     mass = ({g.id: param_mass(model, g) for members in roles.values() for g in members} if cost == "params"
             else None)
-    target, best, history = 1.0 / speedup, None, []
-    lo, hi = 0.0, 1.0  # budgets known to over- / under-shoot: the next one stays between them
+    want, best, history = 1.0 / speedup, None, []
+    # Known (predicted, measured) latency ratios: the dense model, and the floor model timed above.
+    # The table's prediction is additive; the real model is not (fixed per-op costs at batch 1 do
+    # not shrink with width), so each timing is a point of the predicted -> measured curve and the
+    # next budget is read off that curve (``next_budget``), not off the table alone.
+    points = [(1.0, 1.0)]
+    if ceiling is not None:
+        points.append((predicted_ratio(table, floor_widths(roles, table, max_ratio)), 1.0 / ceiling))
     # Aim at half the tolerance: a result accepted at the tolerance's edge (0.90x of the request)
     # misses it on any later timing half the time, since timings on a shared machine differ by a
     # few % between calls. The closest model is kept; the warning below uses the full tolerance.
-    aim, seen = tolerance / 2, {}
+    aim, seen, target = tolerance / 2, {}, want
     for it in range(max_iters):
         alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver,
                          max_ratio=max_ratio)
         key_alloc = tuple(sorted(alloc.items()))
-        if key_alloc in seen:  # a budget step too small to change the widths: no second timing
-            slim_model, achieved, t = seen[key_alloc]
-        else:
-            plan = {}
-            for name, kp in alloc.items():
-                plan.update(_role_plan(roles[name], scores, kp))
-            slim_model = slim_with_plan(model, example_inputs, plan, groups=groups).eval()
-            t = compare_latency({"dense": model, "slim": slim_model}, example_inputs, num_threads=threads,
-                                rounds=verify_rounds, min_run_time=0.05, backend=backend)
-            achieved = t["dense"] / t["slim"]
-            seen[key_alloc] = (slim_model, achieved, t)
-            if best is None or abs(achieved / speedup - 1) < abs(best[1] / speedup - 1):
-                best = (slim_model, achieved, alloc, plan)
-        history.append({"iteration": it, "budget_ratio": target, "achieved": achieved,
+        for _ in range(4):
+            if key_alloc not in seen:
+                break
+            # the budget moved too little to change the widths: halve the gap to the closest
+            # timed point on the other side of the request (allocation only, nothing is timed)
+            target = (target + bracket(points, want, faster=seen[key_alloc] < speedup)) / 2
+            alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver,
+                             max_ratio=max_ratio)
+            key_alloc = tuple(sorted(alloc.items()))
+        if key_alloc in seen:
+            break  # no untimed allocation lies between the timed ones
+        plan = {}
+        for name, kp in alloc.items():
+            plan.update(_role_plan(roles[name], scores, kp))
+        slim_model = slim_with_plan(model, example_inputs, plan, groups=groups).eval()
+        t = compare_latency({"dense": model, "slim": slim_model}, example_inputs, num_threads=threads,
+                            rounds=verify_rounds, min_run_time=0.05, backend=backend)
+        achieved = t["dense"] / t["slim"]
+        seen[key_alloc] = achieved
+        pred = predicted_ratio(table, alloc)
+        points.append((pred, 1.0 / achieved))
+        if best is None or abs(achieved / speedup - 1) < abs(best[1] / speedup - 1):
+            best = (slim_model, achieved, alloc, plan)
+        history.append({"iteration": it, "budget_ratio": target, "predicted_ratio": pred, "achieved": achieved,
                         "dense_ms": t["dense"], "slim_ms": t["slim"]})
         if log:
-            log(f"latency-aware: iteration {it}: budget {target:.3f} of dense -> achieved {achieved:.2f}x "
-                f"(requested {speedup:.2f}x)")
+            log(f"latency-aware: iteration {it}: budget {target:.3f} of dense (table predicts {pred:.3f}) "
+                f"-> achieved {achieved:.2f}x (requested {speedup:.2f}x)")
         if abs(achieved / speedup - 1) <= aim:
             break
-        # the table's additive prediction was off by achieved/requested: correct the budget,
-        # keeping it inside the bracket that earlier iterations established
-        if achieved < speedup:
-            hi = min(hi, target)
-        else:
-            lo = max(lo, target)
-        nxt = target * achieved / speedup
-        target = nxt if lo < nxt < hi else (lo + hi) / 2
+        target = next_budget(points, want)
     slim_model, achieved, alloc, plan = best
     if abs(achieved / speedup - 1) > tolerance:
         import warnings
