@@ -26,6 +26,7 @@ validation (headline), best epoch on test (optimistic, shown only for comparison
     .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-mnist5k
     .venv/bin/python benchmarks/latency_accuracy.py --pilot-cap               # pick max_ratio (validation)
     .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-cap   # seeds 0-5
+    .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-share # cost=share, seeds 0-5
 
 Parts: benchmarks/results/latency_accuracy/*.json; merged: benchmarks/results/latency_accuracy.json.
 """
@@ -212,6 +213,21 @@ def cap_setting(chosen: dict) -> dict:
     cfg["headline"] = "latency-aware-cap"
     cfg["seeds"] = [0, 1, 2, 3, 4, 5]  # 3-5 added by a PROTOCOL 4.5 addendum before they ran
     cfg["title"] = "VGG-11 (width 0.125, BN) on mnist5k, latency-aware with a per-group cap (max_ratio)"
+    return cfg
+
+
+def share_setting() -> dict:
+    """PROTOCOL 4.5, fifth addendum: the capped run's setting and dense models, the latency-aware
+    variant counting -log(kept share) per group (``cost="share"``), fixed before the run as the
+    verdict's model, with a uniform L1 bisected to its own speed-up; seeds 0-5."""
+    cfg = cap_setting({"2": 1.0, "3": 1.0})
+    cfg["name"] = cfg["dense_name"] + "-share"
+    cfg["variants"] = {"latency-aware-share": {"cost": "share"}}
+    cfg["methods"] = ["latency-aware", "uniform-l1", "global-l1", "latency-aware-share",
+                      "uniform-l1@latency-aware-share"]
+    cfg["headline"] = "latency-aware-share"
+    cfg["headline_note"] = "fixed before the run"
+    cfg["title"] = "VGG-11 (width 0.125, BN) on mnist5k, latency-aware counting each group's kept share (cost=share)"
     return cfg
 
 
@@ -488,6 +504,7 @@ SETTINGS["vgg11-narrow-mnist5k"] = narrow_setting(0.125)
 # the cap pilot's choice (benchmarks/results/latency_accuracy_pilot_cap.json, seed 100, validation
 # only): no cap at 2x (96.75 against 96.50 at r=0.75; 0.5 refused) or 3x (0.75 and 0.5 refused)
 SETTINGS["vgg11-narrow-cap"] = cap_setting({"2": 1.0, "3": 1.0})
+SETTINGS["vgg11-narrow-share"] = share_setting()
 
 
 def main(argv=None):
@@ -495,7 +512,8 @@ def main(argv=None):
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="resnet20-mnist1d",
                     help="resnet20-mnist1d (the first run), vgg11-mnist5k (compute-bound, two phases), "
                          "vgg11-narrow-mnist5k (PROTOCOL 4.5: the pilot's capacity-bound width) or "
-                         "vgg11-narrow-cap (the same with the knapsack and the cap pilot's max_ratio)")
+                         "vgg11-narrow-cap (the same with the knapsack and the cap pilot's max_ratio) or "
+                         "vgg11-narrow-share (the same dense models, cost=share)")
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--speedups", nargs="*", type=float)
     ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")

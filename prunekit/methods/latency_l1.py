@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from ..foundations.hparams import hp
 from ..structured.selection.importance import CRITERIA
-from ..structured.selection.latency_aware import SOLVERS, latency_slim
+from ..structured.selection.latency_aware import COSTS, SOLVERS, latency_slim
 from .base import PruningMethod
 from .registry import register
 
@@ -27,6 +27,9 @@ class LatencyL1Hparams:
     solver: str = hp("knapsack", "Width allocation: knapsack (exact, as in HALP) or greedy (step by step).",
                      choices=SOLVERS)
     max_ratio: float = hp(1.0, "Most of any group's width that may be removed, in (0, 1]; 1.0 = no cap.")
+    cost: str = hp("channels", "How removed importance is counted: channels (mean-normalised), params (weighted by "
+                               "the weights a channel carries), absolute (raw scores, e.g. taylor) or share "
+                               "(-log of each group's kept share: no one-channel bottlenecks).", choices=COSTS)
 
 
 @register
@@ -46,6 +49,6 @@ class LatencyL1(PruningMethod):
         try:
             return latency_slim(self.copy(model).eval(), x, 1.0 / (1.0 - target), criterion=self.hp.criterion,
                                 backend=self.hp.backend, threads=self.hp.threads, solver=self.hp.solver,
-                                max_ratio=self.hp.max_ratio)
+                                max_ratio=self.hp.max_ratio, cost=self.hp.cost)
         finally:
             torch.set_num_threads(before)

@@ -18,7 +18,7 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
          flops_reduction: float | None = None, data=None, loss_fn=None, seed: int = 0,
          groups: list[ChannelGroup] | None = None, uniform_layers: bool = False, speedup: float | None = None,
          backend: str = "torch", threads: int | None = None, cache_dir=None, strict: bool = False,
-         max_rounds: int = 8) -> nn.Module:
+         max_rounds: int = 8, latency_options: dict | None = None) -> nn.Module:
     """Structured pruning in one call; returns a physically smaller model.
 
     ratio: fraction of channels removed per group (``mode="uniform"``) or over all groups
@@ -40,6 +40,8 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
     speedup: instead of a ratio, a *measured* speed-up on this machine (e.g. 2.0), for the
       batch size of ``example_inputs``, on ``backend`` ("torch" or "onnxruntime") with
       ``threads``; see ``latency_aware`` (latency tables cached under ``cache_dir``).
+      ``latency_options``: more keywords for ``latency_slim`` (``solver``, ``max_ratio``,
+      ``cost``, ``tolerance``, ``max_iters``, ...).
     example_inputs: one input (tensor, tuple of positional args, dict of kwargs) or several
       as ``Examples([a, b, ...])`` (or a list of kwargs dicts): channels are pruned only if
       prunable on every input, and the result is validated on every input (FLOPs and
@@ -65,8 +67,15 @@ def slim(model: nn.Module, example_inputs, ratio: float | None = None, criterion
 
         if len(inputs) > 1:
             raise ValueError("speedup= measures latency on one input; pass a single example input")
+        import inspect
+
+        fixed = {"model", "example_inputs", "speedup", "criterion", "backend", "threads", "ignore", "cache_dir", "data"}
+        valid = sorted(set(inspect.signature(latency_slim).parameters) - fixed)
+        bad = sorted(set(latency_options or {}) - set(valid))
+        if bad:
+            raise ValueError(f"unknown latency_options {bad}; valid: {', '.join(valid)}")
         return latency_slim(model, one, speedup, criterion=criterion, backend=backend, threads=threads,
-                            ignore=ignore, cache_dir=cache_dir, data=data)
+                            ignore=ignore, cache_dir=cache_dir, data=data, **(latency_options or {}))
     if flops_reduction is None:
         ratio = check_ratio(ratio)
     else:

@@ -53,7 +53,11 @@ from .planner import choose
 from ..surgery.slim import slim_with_plan
 
 REPORT_KEY = "_prunekit_latency"
+COSTS = ("channels", "params", "absolute", "share")  # how removed importance is counted (``latency_slim``)
 SOLVERS = ("knapsack", "greedy")  # how widths are allocated (see ``allocate``); the first is the default
+
+
+_NORMALISE = {"channels": True, "params": True, "absolute": False, "share": "share"}
 
 
 class UnreachableSpeedupError(ValueError):
@@ -124,25 +128,40 @@ def _role_plan(members, scores, kp) -> dict:
 
 def measure_table(model, x, groups, scores, backend="torch", threads=1, rounds=3, min_run_time=0.03,
                   log=None) -> dict:
-    """{role: {kept units per part: latency ratio to dense}} (see the module doc)."""
+    """{role: {kept units per part: latency ratio to dense}} (see the module doc). A role's
+    widths are timed in one interleaved session with the dense model (dense, w1, w2, ...
+    every round), so the dense model is timed once per round for the whole row, not once per
+    width: at batch 64 the dense forward is the largest cost of building the table."""
     from ...metrics.latency import compare_latency
 
     table = {}
     for name, members in roles_of(groups, scores).items():
         g0 = members[0]
         per = g0.size // g0.unit // g0.parts
-        row = {per: 1.0}
+        cands = {}
         for kp in width_grid(g0):
             if kp == per:
                 continue
             try:
-                cand = slim_with_plan(model, x, _role_plan(members, scores, kp), groups=groups,
-                                      validate=False).eval()
-                t = compare_latency({"dense": model, "cand": cand}, x, num_threads=threads, rounds=rounds,
-                                    min_run_time=min_run_time, backend=backend)
+                cands[kp] = slim_with_plan(model, x, _role_plan(members, scores, kp), groups=groups,
+                                           validate=False).eval()
             except Exception:  # noqa: BLE001 - a width the model cannot take is simply not offered
                 continue
-            row[kp] = t["cand"] / t["dense"]
+        row = {per: 1.0}
+        if cands:
+            try:
+                t = compare_latency({"dense": model, **{f"w{kp}": m for kp, m in cands.items()}}, x,
+                                    num_threads=threads, rounds=rounds, min_run_time=min_run_time, backend=backend,
+                                    warmup=1)
+                row.update({kp: t[f"w{kp}"] / t["dense"] for kp in cands})
+            except Exception:  # noqa: BLE001 - e.g. one width fails to export: time them one by one
+                for kp, m in cands.items():
+                    try:
+                        t = compare_latency({"dense": model, "cand": m}, x, num_threads=threads, rounds=rounds,
+                                            min_run_time=min_run_time, backend=backend, warmup=1)
+                    except Exception:  # noqa: BLE001
+                        continue
+                    row[kp] = t["cand"] / t["dense"]
         table[name] = row
         if log:
             log(f"latency table: {name.split('|')[0]} x{len(members)}: "
@@ -161,18 +180,22 @@ def useful_widths(row: dict) -> list[int]:
     return kept
 
 
-def _loss(g: ChannelGroup, s: torch.Tensor, kp: int, normalise: bool = True) -> float:
-    """Importance removed when keeping kp units per part (scores normalised by their mean,
-    unless ``normalise`` is False: then taken as they are, for criteria in one unit across
-    groups, e.g. Taylor's estimate of the loss change)."""
+def _loss(g: ChannelGroup, s: torch.Tensor, kp: int, normalise: bool | str = True) -> float:
+    """Importance removed when keeping kp units per part. ``normalise``: True, scores divided
+    by their mean (every channel alike); False, taken as they are (criteria in one unit across
+    groups, e.g. Taylor's estimate of the loss change); ``"share"``, minus the log of the share
+    of the group's importance that is kept (see ``latency_slim(cost="share")``)."""
     us = s.float().reshape(-1, g.unit).sum(1)
-    if normalise:
+    if normalise is True:
         us = us / us.mean().clamp(min=1e-12)
     per = len(us) // g.parts
-    tot = 0.0
+    removed = 0.0
     for p in range(g.parts):
-        tot += float(torch.sort(us[p * per:(p + 1) * per]).values[: per - kp].sum())
-    return tot
+        removed += float(torch.sort(us[p * per:(p + 1) * per]).values[: per - kp].sum())
+    if normalise == "share":
+        total = float(us.sum())
+        return -math.log(max(total - removed, 1e-12 * total, 1e-30) / max(total, 1e-30))
+    return removed
 
 
 def param_mass(model: nn.Module, g: ChannelGroup) -> float:
@@ -208,7 +231,8 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
     sum of measured savings) is at most ``target_ratio`` at the least importance lost.
     ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's importance loss;
     without it every channel counts alike, whatever it is wired to. ``normalise=False``
-    compares raw scores across groups (see ``_loss``).
+    compares raw scores across groups; ``normalise="share"`` counts minus the log of the kept share
+    of each group's importance (see ``_loss``).
 
     solver: ``"knapsack"`` (default) solves the multiple-choice knapsack exactly
     (``choose_widths``), as HALP does; ``"greedy"`` narrows, one grid step at a time, the
@@ -370,7 +394,12 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     (``example_inputs`` fix the batch size), within ``tolerance``, or as close as it got.
 
     cost: how the importance a narrowing removes is counted. ``"channels"``: mean-normalised
-    scores, every channel alike. ``"params"``: each channel weighted by the weights it carries
+    scores, every channel alike. ``"share"``: minus the log of the share of each group's
+    importance kept, summed over groups (maximising the product of the kept shares): halving
+    a layer costs the same in every layer, and each further halving costs as much again, so a
+    layer that is expensive to run is narrowed more than others but never to a one-channel
+    bottleneck that no fine-tune undoes (what "channels" does to a first conv at full
+    resolution, whose last channels it counts like any others). ``"params"``: each channel weighted by the weights it carries
     (``param_mass``), so a residual stream feeding every block is not cut first just because
     it is narrow and cheap to time. ``"absolute"``: the scores as they are, compared across
     groups; meant for ``criterion="taylor"`` (an estimate of the loss change, one unit for
@@ -380,8 +409,8 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
 
     max_ratio: the most of any group's width that may be removed, in (0, 1] (1.0: no cap, one
     channel per part at least), as Torch-Pruning's ``max_pruning_ratio``; see ``min_width``."""
-    if cost not in ("channels", "params", "absolute"):
-        raise ValueError(f"cost must be 'channels', 'params' or 'absolute', got {cost!r}")
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
     check_solver(solver)
     if not isinstance(max_ratio, (int, float)) or not 0.0 < max_ratio <= 1.0:
         raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
@@ -438,7 +467,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     # few % between calls. The closest model is kept; the warning below uses the full tolerance.
     aim, seen, target = tolerance / 2, {}, want
     for it in range(max_iters):
-        alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver,
+        alloc = allocate(groups, scores, table, target, mass, normalise=_NORMALISE[cost], solver=solver,
                          max_ratio=max_ratio)
         key_alloc = tuple(sorted(alloc.items()))
         for _ in range(4):
@@ -447,7 +476,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
             # the budget moved too little to change the widths: halve the gap to the closest
             # timed point on the other side of the request (allocation only, nothing is timed)
             target = (target + bracket(points, want, faster=seen[key_alloc] < speedup)) / 2
-            alloc = allocate(groups, scores, table, target, mass, normalise=cost != "absolute", solver=solver,
+            alloc = allocate(groups, scores, table, target, mass, normalise=_NORMALISE[cost], solver=solver,
                              max_ratio=max_ratio)
             key_alloc = tuple(sorted(alloc.items()))
         if key_alloc in seen:
