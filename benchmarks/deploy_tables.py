@@ -192,26 +192,23 @@ def render() -> str:
                   f"reuse the cached table). Wall time {res['seconds']:.0f} s."
                   + (f" Conditions: {res['config']['conditions']}" if res["config"].get("conditions") else ""), ""]
         lines += partial_note(res) + latency_table(res) + [""]
-    knap = RES / "latency_aware_knapsack.json"
-    if knap.exists():
-        res = json.loads(knap.read_text())
-        lines += ["### The same with the exact knapsack solver, the library default (`latency_aware.py --solver "
-                  "knapsack`)", "",
-                  "`.venv/bin/python benchmarks/latency_aware.py --solver knapsack --out "
-                  "benchmarks/results/latency_aware_knapsack.json` (torch eager only; the table above ran the "
-                  f"greedy solver). Wall time {res['seconds']:.0f} s.", ""]
-        lines += partial_note(res) + latency_table(res) + [""]
-    curve = RES / "latency_aware_curve.json"
-    if curve.exists():
-        res = json.loads(curve.read_text())
-        lines += ["### The current library: knapsack and the curve-reading verify loop (`latency_aware.py --solver "
-                  "knapsack --ort`)", "",
-                  "`.venv/bin/python benchmarks/latency_aware.py --solver knapsack --ort --out "
-                  "benchmarks/results/latency_aware_curve.json`. The verify loop reads the next budget off the "
-                  "measured predicted -> achieved curve (dense, floor and every timing so far) instead of scaling "
-                  "the budget by achieved / requested; the tables above ran the earlier loop. Wall time "
-                  f"{res['seconds']:.0f} s, alone on the machine.", ""]
-        lines += partial_note(res) + latency_table(res) + [""]
+    # later speed runs of the same benchmark: (file, heading, how it was run; {s} = wall seconds)
+    for name, head, how in (
+            ("latency_aware_knapsack.json", "### The same with the exact knapsack solver, the library default "
+             "(`latency_aware.py --solver knapsack`)",
+             "`.venv/bin/python benchmarks/latency_aware.py --solver knapsack --out "
+             "benchmarks/results/latency_aware_knapsack.json` (torch eager only; the table above ran the "
+             "greedy solver). Wall time {s:.0f} s."),
+            ("latency_aware_curve.json", "### The current library: knapsack and the curve-reading verify loop "
+             "(`latency_aware.py --solver knapsack --ort`)",
+             "`.venv/bin/python benchmarks/latency_aware.py --solver knapsack --ort --out "
+             "benchmarks/results/latency_aware_curve.json`. The verify loop reads the next budget off the "
+             "measured predicted -> achieved curve (dense, floor and every timing so far) instead of scaling "
+             "the budget by achieved / requested; the tables above ran the earlier loop. Wall time "
+             "{s:.0f} s, alone on the machine.")):
+        if (RES / name).exists():
+            res = json.loads((RES / name).read_text())
+            lines += [head, "", how.format(s=res["seconds"]), ""] + partial_note(res) + latency_table(res) + [""]
     plan = RES / "latency_planning.json"
     if plan.exists():
         res = json.loads(plan.read_text())

@@ -235,7 +235,7 @@ def test_latency_accuracy_benchmark_runs_on_a_tiny_slice(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_accuracy.py"
     out = tmp_path / "acc.json"
     r = subprocess.run([sys.executable, str(script), "--n-train", "600", "--seeds", "0", "--speedups", "1.2",
-                        "--batch", "4", "--fast-timing", "--parts", str(tmp_path / "parts"), "--out", str(out),
+                        "--batch", "32", "--fast-timing", "--parts", str(tmp_path / "parts"), "--out", str(out),
                         "--dense-cache", str(tmp_path / "dense")], capture_output=True, text=True, timeout=600,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
