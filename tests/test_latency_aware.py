@@ -60,10 +60,11 @@ def test_allocation_meets_the_budget_and_prefers_cheap_importance_per_latency():
 
 
 def test_latency_slim_records_table_allocation_and_uses_the_cache(tmp_path, monkeypatch):
-    x = torch.randn(1, 3, 8, 8)
+    # real timings: at 8x8 the whole net is call overhead and its floor model once measured
+    # 0.94x on a loaded CI machine; at 64x64 the convolutions dominate and the floor is
+    # several times faster, so a tiny request cannot be refused as unreachable
+    x = torch.randn(1, 3, 64, 64)
     net = _net()
-    # a tiny request: this test is about what is recorded, and a loaded machine must not
-    # make the floor check call a modest speed-up unreachable
     s = la.latency_slim(net, x, speedup=1.05, cache_dir=tmp_path, max_iters=2, verify_rounds=2)
     rep = la.latency_report(s)
     assert rep["requested"] == 1.05 and rep["achieved"] > 0 and not rep["table_cached"]
@@ -77,7 +78,7 @@ def test_latency_slim_records_table_allocation_and_uses_the_cache(tmp_path, monk
     rep2 = la.latency_report(la.latency_slim(net, x, speedup=1.05, cache_dir=tmp_path, max_iters=1, verify_rounds=2))
     assert rep2["table_cached"] and rep2["table"] == rep["table"]
     # a different batch size is a different key
-    assert la.table_key(net, torch.randn(4, 3, 8, 8), "torch", 1) != rep["table_key"]
+    assert la.table_key(net, torch.randn(4, 3, 64, 64), "torch", 1) != rep["table_key"]
     d = prunekit.save_pruned(s, tmp_path / "slim")
     assert json.loads((d / "latency.json").read_text())["requested"] == 1.05
 

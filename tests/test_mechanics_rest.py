@@ -320,14 +320,15 @@ def test_latency_l1_passes_speedup_inputs_and_options_and_restores_threads(monke
     monkeypatch.setattr(lat_mod, "latency_slim", fake)
     dense = ConvBN().train()
     opts = {"criterion": "l2", "backend": "onnxruntime", "batch_size": 3, "threads": 2, "solver": "greedy",
-            "max_ratio": 0.5}
+            "max_ratio": 0.5, "cost": "share"}
     assert get("l1-latency", opts).prune(dense, 0.75, ctx) == "slim"
     assert torch.get_num_threads() == before
     model, x, speedup, kw, training = calls[0]
     assert model is not dense and not training and dense.training
     assert torch.equal(x, data.train.x[:3])
     assert speedup == pytest.approx(4.0)
-    assert kw == {"criterion": "l2", "backend": "onnxruntime", "threads": 2, "solver": "greedy", "max_ratio": 0.5}
+    assert kw == {"criterion": "l2", "backend": "onnxruntime", "threads": 2, "solver": "greedy", "max_ratio": 0.5,
+                  "cost": "share"}
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"fraction of latency removed, in \(0, 1\)"):
             get("l1-latency").prune(dense, bad, ctx)
