@@ -678,3 +678,27 @@ def test_slim_passes_latency_options_and_names_unknown_ones(tmp_path, monkeypatc
     assert all(v["kept"] >= v["of"] // 4 for v in rep["allocation"].values())
     with pytest.raises(ValueError, match=r"unknown latency_options \['budget'\]; valid: .*max_ratio"):
         prunekit.slim(net, x, speedup=1.6, cache_dir=tmp_path, latency_options={"budget": 1})
+
+
+def test_a_damaged_cached_table_is_measured_again_and_rewritten(tmp_path, monkeypatch):
+    from prunekit.metrics import flops
+    import prunekit.metrics.latency as lat
+
+    x = torch.randn(1, 3, 16, 16)
+    net = models.build("resnet20").eval()
+    dense = flops(net, x)["dense"]
+    monkeypatch.setattr(lat, "compare_latency",
+                        lambda ms, inputs, **kw: {k: flops(m, inputs)["dense"] / dense for k, m in ms.items()})
+    first = la.latency_report(la.latency_slim(net, x, speedup=1.5, cache_dir=tmp_path))
+    assert set(first["phase_seconds"]) == {"trace_and_floor", "table", "verify"}
+    assert sum(first["phase_seconds"].values()) <= first["planning_seconds"] + 1e-6
+    (path,) = tmp_path.glob("*.json")
+    calls = []
+    real = la.measure_table
+    monkeypatch.setattr(la, "measure_table", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for damage in ('{"key": "x", "table": {"r": {"a": 1.0}}}', '{"key": "x"', '[1, 2]'):
+        path.write_text(damage)
+        rep = la.latency_report(la.latency_slim(net, x, speedup=1.5, cache_dir=tmp_path))
+        assert not rep["table_cached"] and rep["table"] == first["table"]
+        assert json.loads(path.read_text())["table"] == first["table"]  # rewritten whole
+    assert len(calls) == 3

@@ -386,6 +386,24 @@ def floor_speedup(model, example_inputs, groups, scores, backend="torch", thread
     return t["dense"] / t["floor"]
 
 
+def _cached_table(cache: Path, key: str, model, x, groups, scores, backend, threads, log) -> tuple[dict, bool]:
+    """``(table, measured)``: the table stored under ``key`` in ``cache``, or a freshly measured
+    one, written atomically so an interrupted run never leaves half a table to be trusted."""
+    path = cache / f"{key}.json"
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+            return {r: {int(k): float(v) for k, v in row.items()} for r, row in raw["table"].items()}, False
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged cache entry is re-measured, not trusted
+    table = measure_table(model, x, groups, scores, backend, threads, log=log)
+    from ...foundations.io import atomic_write_json
+
+    atomic_write_json(path, {"key": key, "backend": backend, "threads": threads, "inputs": _input_shapes(x),
+                             "table": table})
+    return table, True
+
+
 def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1", backend: str = "torch",
                  threads: int | None = None, ignore=(), cache_dir=None, max_iters: int = 6, tolerance: float = 0.1,
                  verify_rounds: int = 7, data=None, log=None, cost: str = "channels",
@@ -399,9 +417,9 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     a layer costs the same in every layer, and each further halving costs as much again, so a
     layer that is expensive to run is narrowed more than others but never to a one-channel
     bottleneck that no fine-tune undoes (what "channels" does to a first conv at full
-    resolution, whose last channels it counts like any others). ``"params"``: each channel weighted by the weights it carries
-    (``param_mass``), so a residual stream feeding every block is not cut first just because
-    it is narrow and cheap to time. ``"absolute"``: the scores as they are, compared across
+    resolution, whose last channels it counts like any others). ``"params"``: each channel
+    weighted by the weights it carries (``param_mass``), so a residual stream feeding every
+    block is not cut first just because it is narrow and cheap to time. ``"absolute"``: the scores as they are, compared across
     groups; meant for ``criterion="taylor"`` (an estimate of the loss change, one unit for
     every group, as in HALP), not for magnitudes whose scale differs per layer.
 
@@ -434,23 +452,12 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         raise UnreachableSpeedupError(
             f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width"
             f"{capped} the model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
+    phases = {"trace_and_floor": time.perf_counter() - t0}
     key = table_key(model, example_inputs, backend, threads)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    path = cache / f"{key}.json"
-    table = None
-    if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-            table = {r: {int(k): float(v) for k, v in row.items()} for r, row in raw["table"].items()}
-        except (ValueError, KeyError, TypeError):
-            table = None  # a damaged cache entry is re-measured, not trusted
-    measured = table is None
-    if measured:
-        table = measure_table(model, example_inputs, groups, scores, backend, threads, log=log)
-        from ...foundations.io import atomic_write_json
-
-        atomic_write_json(path, {"key": key, "backend": backend, "threads": threads,
-                                 "inputs": _input_shapes(example_inputs), "table": table})
+    t1 = time.perf_counter()
+    table, measured = _cached_table(Path(cache_dir) if cache_dir else default_cache_dir(), key, model,
+                                    example_inputs, groups, scores, backend, threads, log)
+    phases["table"] = time.perf_counter() - t1
     roles = roles_of(groups, scores)
     mass = ({g.id: param_mass(model, g) for members in roles.values() for g in members} if cost == "params"
             else None)
@@ -466,19 +473,21 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     # misses it on any later timing half the time, since timings on a shared machine differ by a
     # few % between calls. The closest model is kept; the warning below uses the full tolerance.
     aim, seen, target = tolerance / 2, {}, want
-    for it in range(max_iters):
-        alloc = allocate(groups, scores, table, target, mass, normalise=_NORMALISE[cost], solver=solver,
+    def allocate_at(budget):
+        alloc = allocate(groups, scores, table, budget, mass, normalise=_NORMALISE[cost], solver=solver,
                          max_ratio=max_ratio)
-        key_alloc = tuple(sorted(alloc.items()))
+        return alloc, tuple(sorted(alloc.items()))
+
+    t1 = time.perf_counter()
+    for it in range(max_iters):
+        alloc, key_alloc = allocate_at(target)
         for _ in range(4):
             if key_alloc not in seen:
                 break
             # the budget moved too little to change the widths: halve the gap to the closest
             # timed point on the other side of the request (allocation only, nothing is timed)
             target = (target + bracket(points, want, faster=seen[key_alloc] < speedup)) / 2
-            alloc = allocate(groups, scores, table, target, mass, normalise=_NORMALISE[cost], solver=solver,
-                             max_ratio=max_ratio)
-            key_alloc = tuple(sorted(alloc.items()))
+            alloc, key_alloc = allocate_at(target)
         if key_alloc in seen:
             break  # no untimed allocation lies between the timed ones
         plan = {}
@@ -501,6 +510,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         if abs(achieved / speedup - 1) <= aim:
             break
         target = next_budget(points, want)
+    phases["verify"] = time.perf_counter() - t1
     slim_model, achieved, alloc, plan = best
     if abs(achieved / speedup - 1) > tolerance:
         import warnings
@@ -508,10 +518,12 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
         warnings.warn(f"latency-aware: requested {speedup:g}x, best achieved {achieved:.2f}x {where} after "
                       f"{len(history)} iterations (the latency table's prediction is off for this model); "
                       "the closest model is returned", stacklevel=2)
-    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost, "solver": solver, "max_ratio": max_ratio, "backend": backend, "threads": threads,
+    report = {"requested": speedup, "achieved": achieved, "max_speedup_measured": ceiling, "cost": cost,
+              "solver": solver, "max_ratio": max_ratio, "backend": backend, "threads": threads,
               "inputs": _input_shapes(example_inputs), "criterion": criterion if isinstance(criterion, str) else
               getattr(criterion, "__name__", "callable"),
               "table_cached": not measured, "table_key": key, "planning_seconds": time.perf_counter() - t0,
+              "phase_seconds": phases,
               "iterations": history,
               "allocation": {g.name: {"group": g.id, "kept": kp * g.unit * g.parts, "of": g.size}
                              for name, kp in alloc.items() for g in roles[name]},
