@@ -481,13 +481,21 @@ def markdown(summary) -> str:
 
 
 def merge(out_dir: Path, out_json: Path, cfg=CFG) -> dict:
-    rows, dense, unreachable = [], [], []
+    rows, dense, unreachable = [], {}, []
     for p in sorted(out_dir.glob("*.json")):
         part = json.loads(p.read_text())
         if "unreachable" in part:
             unreachable.append({"part": p.name, "error": part["unreachable"]})
         for r in part["rows"]:
-            (dense if r.get("method") == "dense" else rows).append(r)
+            if r.get("method") != "dense":
+                rows.append(r)
+                continue
+            # a setting that reuses another's dense models holds each seed's row twice (under the
+            # dense models' name and its own): one row per seed, and two that differ are an error
+            seen = dense.setdefault(r["seed"], (p.name, r))
+            if seen[1] != r:
+                raise ValueError(f"dense rows for seed {r['seed']} differ between {seen[0]} and {p.name}")
+    dense = [r for _, (_, r) in sorted(dense.items())]
     summary = summarise(rows, cfg["methods"]) if rows else []
     chosen = headline_variant(summary, rows, cfg) if rows else {}
     result = {"benchmark": "latency_accuracy", "config": cfg, "dense": dense, "rows": rows, "summary": summary,

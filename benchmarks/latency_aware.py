@@ -79,7 +79,7 @@ def planning(out, solver="greedy"):
             rep = latency_report(s)
             rows.append({"model": name, "run": run, "planning_s": time.perf_counter() - t0,
                          "achieved": rep["achieved"], "iterations": len(rep["iterations"]),
-                         "table_cached": rep["table_cached"]})
+                         "table_cached": rep["table_cached"], "phase_seconds": rep["phase_seconds"]})
             print(f"[{name}] {run}: planning {rows[-1]['planning_s']:.0f}s, achieved {rep['achieved']:.2f}x "
                   f"(requested 2x, {len(rep['iterations'])} iterations)", flush=True)
             atomic_write_json(out, {"rows": rows, "threads": 1, "requested": 2.0, "torch": torch.__version__})

@@ -9,3 +9,33 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_tables.py"
 def test_readme_deploy_matches_the_json():
     r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_top_readme_latency_figures_are_the_committed_ones():
+    """The latency figures README.md quotes in prose, recomputed from the JSON they come from."""
+    import json
+    import statistics
+
+    root = SCRIPT.parents[1]
+    readme = " ".join((root / "README.md").read_text().split())
+    res = root / "benchmarks" / "results"
+    plan = {(r["model"], r["run"]): r for r in json.loads((res / "latency_planning_curve.json").read_text())["rows"]}
+    fresh = [plan[("resnet56 b64", "fresh table")], plan[("bert-base b1 seq128", "fresh table")]]
+    cached = [plan[("resnet56 b64", "cached table")], plan[("bert-base b1 seq128", "cached table")]]
+    assert (f"fresh table took {fresh[0]['planning_s']:.0f} s for ResNet-56 at batch 64 and "
+            f"{fresh[1]['planning_s']:.0f} s for a BERT-base-sized encoder") in readme
+    assert f"({cached[0]['planning_s']:.0f} s and {cached[1]['planning_s']:.0f} s with the table cached)" in readme
+    assert all(abs(r["achieved"] / 2 - 1) <= 0.1 for r in plan.values())  # "within 10% of 2x"
+    share = json.loads((res / "latency_accuracy_vgg11-narrow-share.json").read_text())
+
+    def acc(sp, method):
+        return statistics.mean(r["val_selected_acc"] * 100 for r in share["rows"]
+                                if r["requested_speedup"] == sp and r["method"] == method)
+
+    for sp in (2.0, 3.0):
+        ours, uni = acc(sp, "latency-aware-share"), acc(sp, "uniform-l1@latency-aware-share")
+        assert f"{ours:.2f} %" in readme and f"{uni:.2f} %" in readme
+    behind = sum(a["val_selected_acc"] < b["val_selected_acc"] for a in share["rows"] for b in share["rows"]
+                 if a["requested_speedup"] == b["requested_speedup"] == 2.0 and a["seed"] == b["seed"]
+                 and a["method"] == "latency-aware-share" and b["method"] == "uniform-l1@latency-aware-share")
+    assert f"behind in {behind} of 6 seeds" in readme

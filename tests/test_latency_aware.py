@@ -702,3 +702,24 @@ def test_a_damaged_cached_table_is_measured_again_and_rewritten(tmp_path, monkey
         assert not rep["table_cached"] and rep["table"] == first["table"]
         assert json.loads(path.read_text())["table"] == first["table"]  # rewritten whole
     assert len(calls) == 3
+
+
+def test_merge_keeps_one_dense_row_per_seed_and_refuses_two_that_differ(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency_accuracy as bench
+
+    d0 = {"method": "dense", "seed": 0, "val_selected_acc": 0.97}
+    d1 = {"method": "dense", "seed": 1, "val_selected_acc": 0.96}
+    row = {"method": "uniform-l1", "seed": 0, "requested_speedup": 2.0, "final_acc": 0.9, "val_selected_acc": 0.9,
+           "best_acc": 0.91, "measured_speedup": 2.0, "flops_reduction": 3.0, "params": 10, "budget_steps": 5}
+    # a setting reusing another's dense models writes each seed's row under both names
+    for name, rows in (("a_s0_dense", [d0]), ("b_s0_dense", [d0]), ("b_s1_dense", [d1]), ("b_s0_2x", [row])):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows}))
+    res = bench.merge(tmp_path, tmp_path / "out" / "m.json", {**bench.CFG, "methods": ["uniform-l1"]})
+    assert res["dense"] == [d0, d1] and res["summary"][0]["n"] == 1
+    (tmp_path / "b_s0_dense.json").write_text(json.dumps({"rows": [{**d0, "val_selected_acc": 0.5}]}))
+    with pytest.raises(ValueError, match="dense rows for seed 0 differ between a_s0_dense.json and b_s0_dense.json"):
+        bench.merge(tmp_path, tmp_path / "out" / "m.json", bench.CFG)
