@@ -83,21 +83,25 @@ def test_latency_slim_records_table_allocation_and_uses_the_cache(tmp_path, monk
     assert json.loads((d / "latency.json").read_text())["requested"] == 1.05
 
 
+def _resnet20_on_flops_machine(monkeypatch, x, power=1.0):
+    """ResNet-20 on a fixed 'machine' whose latency is FLOPs^power relative to dense: (net, dense FLOPs)."""
+    from prunekit.metrics import flops
+    import prunekit.metrics.latency as lat
+
+    net = models.build("resnet20").eval()
+    dense = flops(net, x)["dense"]
+    monkeypatch.setattr(lat, "compare_latency", lambda ms, inputs, **kw: {
+        k: (flops(m, inputs)["dense"] / dense) ** power for k, m in ms.items()})
+    return net, dense
+
+
 def test_verification_loop_corrects_the_budget_until_the_target_is_met(tmp_path, monkeypatch):
     """With latency modelled as proportional to FLOPs^0.5 (a fixed, known 'machine'), the loop
     must move the budget until the achieved speed-up is within 10% of the request."""
     from prunekit.metrics import flops
 
     x = torch.randn(1, 3, 16, 16)
-    net = models.build("resnet20").eval()
-    dense = flops(net, x)["dense"]
-
-    def fake(models_, inputs, **kw):
-        return {k: (flops(m, inputs)["dense"] / dense) ** 0.5 for k, m in models_.items()}
-
-    import prunekit.metrics.latency as lat
-
-    monkeypatch.setattr(lat, "compare_latency", fake)
+    net, dense = _resnet20_on_flops_machine(monkeypatch, x, power=0.5)
     s = la.latency_slim(net, x, speedup=1.6, cache_dir=tmp_path)
     rep = la.latency_report(s)
     assert abs(rep["achieved"] / 1.6 - 1) <= 0.1, rep["iterations"]
@@ -191,15 +195,9 @@ def test_latency_benchmark_script_runs_on_a_tiny_slice(tmp_path):
 
 def test_tpp_takes_the_latency_aware_selection(tmp_path, monkeypatch):
     from prunekit.methods.tpp import TPPHparams, TPPRegularizer
-    from prunekit.metrics import flops
 
     x = torch.randn(1, 3, 16, 16)
-    net = models.build("resnet20").eval()
-    dense = flops(net, x)["dense"]
-    import prunekit.metrics.latency as lat
-
-    monkeypatch.setattr(lat, "compare_latency",
-                        lambda ms, inputs, **kw: {k: flops(m, inputs)["dense"] / dense for k, m in ms.items()})
+    net, _ = _resnet20_on_flops_machine(monkeypatch, x)
     plan, groups, rep = la.latency_plan(net, x, speedup=1.5, cache_dir=tmp_path)
     reg = TPPRegularizer(net, x, hparams=TPPHparams(preset="demo"), groups=groups, plan=plan)
     assert {g: v.tolist() for g, v in reg.plan.items()} == {g: v.tolist() for g, v in plan.items()}
@@ -681,14 +679,8 @@ def test_slim_passes_latency_options_and_names_unknown_ones(tmp_path, monkeypatc
 
 
 def test_a_damaged_cached_table_is_measured_again_and_rewritten(tmp_path, monkeypatch):
-    from prunekit.metrics import flops
-    import prunekit.metrics.latency as lat
-
     x = torch.randn(1, 3, 16, 16)
-    net = models.build("resnet20").eval()
-    dense = flops(net, x)["dense"]
-    monkeypatch.setattr(lat, "compare_latency",
-                        lambda ms, inputs, **kw: {k: flops(m, inputs)["dense"] / dense for k, m in ms.items()})
+    net, _ = _resnet20_on_flops_machine(monkeypatch, x)
     first = la.latency_report(la.latency_slim(net, x, speedup=1.5, cache_dir=tmp_path))
     assert set(first["phase_seconds"]) == {"trace_and_floor", "table", "verify"}
     assert sum(first["phase_seconds"].values()) <= first["planning_seconds"] + 1e-6
