@@ -27,6 +27,7 @@ validation (headline), best epoch on test (optimistic, shown only for comparison
     .venv/bin/python benchmarks/latency_accuracy.py --pilot-cap               # pick max_ratio (validation)
     .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-cap   # seeds 0-5
     .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-share # cost=share, seeds 0-5
+    .venv/bin/python benchmarks/latency_accuracy.py --setting vgg11-narrow-sens  # cost=sensitivity, seeds 0-5
 
 Parts: benchmarks/results/latency_accuracy/*.json; merged: benchmarks/results/latency_accuracy.json.
 """
@@ -231,6 +232,22 @@ def share_setting() -> dict:
     return cfg
 
 
+def sensitivity_setting() -> dict:
+    """PROTOCOL 4.5, sixth addendum: the share run's dense models (cached), the latency-aware
+    variant allocating by the measured loss increase of each role at each width
+    (``cost="sensitivity"``) on ``sensitivity_samples`` training samples, fixed before the run
+    as the verdict's model, with a uniform L1 bisected to its own speed-up; seeds 0-5."""
+    cfg = share_setting()
+    cfg["name"] = cfg["dense_name"] + "-sens"
+    cfg["variants"] = {"latency-aware-sens": {"cost": "sensitivity"}}
+    cfg["methods"] = ["latency-aware", "uniform-l1", "global-l1", "latency-aware-sens", "uniform-l1@latency-aware-sens"]
+    cfg["headline"] = "latency-aware-sens"
+    cfg["sensitivity_samples"] = 1024
+    cfg["title"] = ("VGG-11 (width 0.125, BN) on mnist5k, latency-aware allocating by each role's measured loss "
+                    "increase (cost=sensitivity)")
+    return cfg
+
+
 def capacity_pilot(out_json: Path, log, pilot=PILOT, n_train=None, fast=False) -> dict:
     """PROTOCOL 4.5: per width, the dense model and uniform L1 at a measured ``speedup``, both
     trained without computing test accuracy; the widest width whose uniform L1 loses at least
@@ -347,9 +364,14 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
         cap = v.get("max_ratio", 1.0)
         # chosen per speed-up (PROTOCOL 4.5); a speed-up the pilot did not cover (tests) runs uncapped
         cap = cap.get(f"{speedup:g}", 1.0) if isinstance(cap, dict) else cap
+        labelled = None
+        if crit == "taylor":
+            labelled = data.train.get_batch(idx)
+        elif v["cost"] == "sensitivity":  # its own, larger sample: a loss read off 256 digits is noisy
+            labelled = data.train.get_batch(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
+                seed))[: cfg["sensitivity_samples"]])
         m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
-                         solver=v.get("solver", lat["solver"]), max_ratio=cap,
-                         data=data.train.get_batch(idx) if crit == "taylor" else None)
+                         solver=v.get("solver", lat["solver"]), max_ratio=cap, data=labelled)
         slims[method] = (m, None, latency_report(m))
         log(f"  [s{seed} {speedup}x] {method} achieved {latency_report(m)['achieved']:.2f}x")
     groups = channel_groups(dense, x)
@@ -513,6 +535,7 @@ SETTINGS["vgg11-narrow-mnist5k"] = narrow_setting(0.125)
 # only): no cap at 2x (96.75 against 96.50 at r=0.75; 0.5 refused) or 3x (0.75 and 0.5 refused)
 SETTINGS["vgg11-narrow-cap"] = cap_setting({"2": 1.0, "3": 1.0})
 SETTINGS["vgg11-narrow-share"] = share_setting()
+SETTINGS["vgg11-narrow-sens"] = sensitivity_setting()
 
 
 def main(argv=None):
@@ -521,7 +544,8 @@ def main(argv=None):
                     help="resnet20-mnist1d (the first run), vgg11-mnist5k (compute-bound, two phases), "
                          "vgg11-narrow-mnist5k (PROTOCOL 4.5: the pilot's capacity-bound width) or "
                          "vgg11-narrow-cap (the same with the knapsack and the cap pilot's max_ratio) or "
-                         "vgg11-narrow-share (the same dense models, cost=share)")
+                         "vgg11-narrow-share (the same dense models, cost=share) or "
+                         "vgg11-narrow-sens (the share run's dense models, cost=sensitivity)")
     ap.add_argument("--seeds", nargs="*", type=int)
     ap.add_argument("--speedups", nargs="*", type=float)
     ap.add_argument("--merge", action="store_true", help="only merge the parts into the JSON and print the table")

@@ -328,7 +328,13 @@ def test_latency_l1_passes_speedup_inputs_and_options_and_restores_threads(monke
     assert torch.equal(x, data.train.x[:3])
     assert speedup == pytest.approx(4.0)
     assert kw == {"criterion": "l2", "backend": "onnxruntime", "threads": 2, "solver": "greedy", "max_ratio": 0.5,
-                  "cost": "share"}
+                  "cost": "share", "data": None}
+    # the measured-loss cost gets a seeded labelled batch of data_samples training samples
+    get("l1-latency", {**opts, "cost": "sensitivity", "data_samples": 5}).prune(dense, 0.75, ctx)
+    bx, by = calls[1][3]["data"]
+    want_x, want_y = ctx.batch(5)
+    assert calls[1][3]["cost"] == "sensitivity" and torch.equal(bx, want_x) and torch.equal(by, want_y)
+    calls.pop()
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"fraction of latency removed, in \(0, 1\)"):
             get("l1-latency").prune(dense, bad, ctx)

@@ -28,8 +28,11 @@ class LatencyL1Hparams:
                      choices=SOLVERS)
     max_ratio: float = hp(1.0, "Most of any group's width that may be removed, in (0, 1]; 1.0 = no cap.")
     cost: str = hp("channels", "How removed importance is counted: channels (mean-normalised), params (weighted by "
-                               "the weights a channel carries), absolute (raw scores, e.g. taylor) or share "
-                               "(-log of each group's kept share: no one-channel bottlenecks).", choices=COSTS)
+                               "the weights a channel carries), absolute (raw scores, e.g. taylor), share "
+                               "(-log of each group's kept share) or sensitivity (the measured loss increase of "
+                               "each role at each width, on data_samples training samples).", choices=COSTS)
+    data_samples: int = hp(256, "Labelled training samples for criterion=taylor or cost=sensitivity (seeded by "
+                                "the run's seed).")
 
 
 @register
@@ -45,10 +48,12 @@ class LatencyL1(PruningMethod):
         if not 0.0 < target < 1.0:
             raise ValueError(f"l1-latency: target is the fraction of latency removed, in (0, 1); got {target}")
         x = ctx.data.example_inputs(self.hp.batch_size)
+        needs_data = self.hp.criterion == "taylor" or self.hp.cost == "sensitivity"
+        data = ctx.batch(self.hp.data_samples) if needs_data else None
         before = torch.get_num_threads()
         try:
             return latency_slim(self.copy(model).eval(), x, 1.0 / (1.0 - target), criterion=self.hp.criterion,
                                 backend=self.hp.backend, threads=self.hp.threads, solver=self.hp.solver,
-                                max_ratio=self.hp.max_ratio, cost=self.hp.cost)
+                                max_ratio=self.hp.max_ratio, cost=self.hp.cost, data=data)
         finally:
             torch.set_num_threads(before)

@@ -51,13 +51,15 @@ from ..trace.groups import ChannelGroup, channel_groups
 from .importance import group_scores
 from .planner import choose
 from ..surgery.slim import slim_with_plan
+from .sensitivity import check_data, sensitivity_table
 
 REPORT_KEY = "_prunekit_latency"
-COSTS = ("channels", "params", "absolute", "share")  # how removed importance is counted (``latency_slim``)
+# how removed importance is counted (``latency_slim``)
+COSTS = ("channels", "params", "absolute", "share", "sensitivity")
 SOLVERS = ("knapsack", "greedy")  # how widths are allocated (see ``allocate``); the first is the default
 
 
-_NORMALISE = {"channels": True, "params": True, "absolute": False, "share": "share"}
+_NORMALISE = {"channels": True, "params": True, "absolute": False, "share": "share", "sensitivity": True}
 
 
 class UnreachableSpeedupError(ValueError):
@@ -226,7 +228,8 @@ def min_width(g: ChannelGroup, max_ratio: float = 1.0) -> int:
 
 
 def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None,
-             normalise: bool = True, solver: str = "knapsack", max_ratio: float = 1.0) -> dict[str, int]:
+             normalise: bool = True, solver: str = "knapsack", max_ratio: float = 1.0,
+             loss_table: dict | None = None) -> dict[str, int]:
     """Kept units per part for every role so that the predicted latency ratio (1 minus the
     sum of measured savings) is at most ``target_ratio`` at the least importance lost.
     ``mass`` ({group id: weight}, e.g. ``param_mass``) scales each group's importance loss;
@@ -240,7 +243,10 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
     savings curve is convex, which measured tables often are not (a SIMD multiple can save
     more than the step before it), and what the earlier benchmarks ran.
 
-    max_ratio: the most of any role's width that may be removed (``min_width``)."""
+    max_ratio: the most of any role's width that may be removed (``min_width``).
+
+    loss_table: {role: {width: loss}} measured instead of computed from the scores (the
+    sensitivity table, ``sensitivity.sensitivity_table``); it replaces the importance lost."""
     check_solver(solver)
     mass = mass or {}
     roles = roles_of(groups, scores)
@@ -248,6 +254,8 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
                for name, row in table.items() if name in roles}
 
     def lost(name, kp):
+        if loss_table is not None:
+            return loss_table[name][kp]
         return sum(_loss(g, scores[g.id], kp, normalise) * mass.get(g.id, 1.0) for g in roles[name])
 
     if solver == "knapsack":
@@ -417,11 +425,15 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     a layer costs the same in every layer, and each further halving costs as much again, so a
     layer that is expensive to run is narrowed more than others, and to one channel only where
     its latency alone pays for that (on VGG-11 w0.125 / 28x28 digits it still does: the first
-    conv, at full resolution, goes to 1 of 8 channels at 2x, as with "channels"). ``"params"``: each channel
-    weighted by the weights it carries (``param_mass``), so a residual stream feeding every
-    block is not cut first just because it is narrow and cheap to time. ``"absolute"``: the scores as they are, compared across
-    groups; meant for ``criterion="taylor"`` (an estimate of the loss change, one unit for
-    every group, as in HALP), not for magnitudes whose scale differs per layer.
+    conv, at full resolution, goes to 1 of 8 channels at 2x, as with "channels").
+    ``"params"``: each channel weighted by the weights it carries (``param_mass``), so a
+    residual stream feeding every block is not cut first just because it is narrow and cheap
+    to time. ``"absolute"``: the scores as they are, compared across groups; meant for
+    ``criterion="taylor"`` (an estimate of the loss change, one unit for every group, as in
+    HALP), not for magnitudes whose scale differs per layer. ``"sensitivity"``: no proxy at
+    all: the loss increase of every role narrowed alone to every width, measured on
+    ``data=(inputs, targets)`` (``sensitivity.py``); the criterion then only picks which
+    channels go inside a width.
 
     solver: ``"knapsack"`` (exact, default) or ``"greedy"`` (see ``allocate``).
 
@@ -429,6 +441,8 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     channel per part at least), as Torch-Pruning's ``max_pruning_ratio``; see ``min_width``."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    if cost == "sensitivity":
+        check_data(data)
     check_solver(solver)
     if not isinstance(max_ratio, (int, float)) or not 0.0 < max_ratio <= 1.0:
         raise ValueError(f"max_ratio must be in (0, 1], got {max_ratio!r}")
@@ -461,6 +475,14 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     roles = roles_of(groups, scores)
     mass = ({g.id: param_mass(model, g) for members in roles.values() for g in members} if cost == "params"
             else None)
+    sens = None
+    if cost == "sensitivity":
+        t1 = time.perf_counter()
+        sens = sensitivity_table(model, example_inputs, groups, {
+            name: [kp for kp in useful_widths(row) if kp >= min_width(roles[name][0], max_ratio)]
+            for name, row in table.items() if name in roles},
+            lambda name, kp: _role_plan(roles[name], scores, kp), data)
+        phases["sensitivity"] = time.perf_counter() - t1
     want, best, history = 1.0 / speedup, None, []
     # Known (predicted, measured) latency ratios: the dense model, and the floor model timed above.
     # The table's prediction is additive; the real model is not (fixed per-op costs at batch 1 do
@@ -475,7 +497,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     aim, seen, target = tolerance / 2, {}, want
     def allocate_at(budget):
         alloc = allocate(groups, scores, table, budget, mass, normalise=_NORMALISE[cost], solver=solver,
-                         max_ratio=max_ratio)
+                         max_ratio=max_ratio, loss_table=sens)
         return alloc, tuple(sorted(alloc.items()))
 
     t1 = time.perf_counter()
@@ -528,6 +550,8 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
               "allocation": {g.name: {"group": g.id, "kept": kp * g.unit * g.parts, "of": g.size}
                              for name, kp in alloc.items() for g in roles[name]},
               "table": {name: {str(k): v for k, v in row.items()} for name, row in table.items()}}
+    if sens is not None:
+        report["sensitivity"] = {name: {str(k): v for k, v in row.items()} for name, row in sens.items()}
     object.__setattr__(slim_model, REPORT_KEY, report)
     object.__setattr__(slim_model, "_prunekit_latency_selection", (plan, groups))
     model.train(was_training)
