@@ -662,7 +662,7 @@ def test_latency_slim_takes_the_share_cost_and_names_the_valid_costs(tmp_path, m
     x, net, *_ = _two_roles()
     rep = la.latency_report(la.latency_slim(net, x, speedup=1.6, cache_dir=tmp_path, cost="share"))
     assert rep["cost"] == "share" and abs(rep["achieved"] / 1.6 - 1) <= 0.1
-    with pytest.raises(ValueError, match="cost must be one of channels, params, absolute, share, got 'flops'"):
+    with pytest.raises(ValueError, match="cost must be one of channels, params, absolute, share, sensitivity, got 'flops'"):
         la.latency_slim(net, x, speedup=1.6, cache_dir=tmp_path, cost="flops")
 
 
