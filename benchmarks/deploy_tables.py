@@ -256,7 +256,8 @@ def render() -> str:
     for name, cmd in (("latency_accuracy.json", ""), ("latency_accuracy_vgg11-mnist5k.json", " --setting vgg11-mnist5k"),
                       ("latency_accuracy_vgg11-narrow-mnist5k.json", " --setting vgg11-narrow-mnist5k"),
                       ("latency_accuracy_vgg11-narrow-cap.json", " --setting vgg11-narrow-cap"),
-                      ("latency_accuracy_vgg11-narrow-share.json", " --setting vgg11-narrow-share")):
+                      ("latency_accuracy_vgg11-narrow-share.json", " --setting vgg11-narrow-share"),
+                      ("latency_accuracy_vgg11-narrow-sens.json", " --setting vgg11-narrow-sens")):
         acc = RES / name
         if acc.exists():
             res = json.loads(acc.read_text())
@@ -284,7 +285,8 @@ def render() -> str:
                     "max_ratio" in v for v in res["config"]["variants"].values()):
                 lines += cap_paragraph(json.loads(cap.read_text()))
             if res["config"].get("headline_note"):
-                lines += share_paragraph(res["config"])
+                why = sens_paragraph if "sensitivity_samples" in res["config"] else share_paragraph
+                lines += why(res["config"])
             lines += accuracy_section(res) + [""]
     return "\n".join(lines)
 
@@ -312,6 +314,18 @@ def share_paragraph(c: dict) -> list[str]:
             "run's dense models; their files were not kept, so they were retrained with the same recipe and seeds, "
             "and their accuracies differ from the capped run's (they are not the same weights): compare this run's "
             "rows with each other, not with the capped run's.", ""]
+
+
+def sens_paragraph(c: dict) -> list[str]:
+    """What the sensitivity run changed (PROTOCOL 4.5, sixth addendum)."""
+    return [f"`{c['headline']}` allocates by measurement instead of a proxy (`latency_slim(cost=\"sensitivity\")`): "
+            "each role narrowed alone to each width it may take, the cross-entropy increase on "
+            f"{c['sensitivity_samples']:,} training samples drawn by the seed (never validation or test), and the "
+            "knapsack minimises the sum of those increases under the latency budget. It was written and fixed as the "
+            "verdict's model before any run of it, the last remedy tried on this setting (PROTOCOL 4.5, sixth "
+            "addendum). The dense models are the share run's, reloaded from its cache (the same weights), so the "
+            "rows of the two runs compare directly; `latency-aware` and the uniform and global rows are planned and "
+            "timed again here.", ""]
 
 
 def pilot_paragraph(p: dict) -> list[str]:

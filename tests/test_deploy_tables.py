@@ -42,3 +42,10 @@ def test_top_readme_latency_figures_are_the_committed_ones():
     # the uncapped knapsack's 3x lead does not repeat in that run: both figures are quoted
     la3, uni3 = acc(3.0, "latency-aware"), acc(3.0, "uniform-l1")
     assert f"{la3:.2f} % against {uni3:.2f} % for uniform L1 at the same measured" in readme
+    sens = json.loads((res / "latency_accuracy_vgg11-narrow-sens.json").read_text())
+    for sp in (2.0, 3.0):
+        rows = {(r["method"], r["seed"]): r["val_selected_acc"] for r in sens["rows"] if r["requested_speedup"] == sp}
+        ours = statistics.mean(v * 100 for (m, _), v in rows.items() if m == "latency-aware-sens")
+        uni = statistics.mean(v * 100 for (m, _), v in rows.items() if m == "uniform-l1@latency-aware-sens")
+        ahead = sum(rows[("latency-aware-sens", s)] > rows[("uniform-l1@latency-aware-sens", s)] for s in range(6))
+        assert f"{ours:.2f} % against {uni:.2f} %" in readme and f"ahead in {ahead} of 6" in readme
