@@ -227,6 +227,13 @@ def min_width(g: ChannelGroup, max_ratio: float = 1.0) -> int:
     return max(1, math.ceil(per * (1.0 - max_ratio) - 1e-9))
 
 
+def allowed_widths(table: dict, roles: dict, max_ratio: float = 1.0) -> dict[str, list[int]]:
+    """{role: the widths the allocation may give it}: measurably faster than every wider one
+    (``useful_widths``) and within ``max_ratio`` (``min_width``), widest first."""
+    return {name: [kp for kp in useful_widths(row) if kp >= min_width(roles[name][0], max_ratio)]
+            for name, row in table.items() if name in roles}
+
+
 def allocate(groups, scores, table, target_ratio: float, mass: dict | None = None,
              normalise: bool = True, solver: str = "knapsack", max_ratio: float = 1.0,
              loss_table: dict | None = None) -> dict[str, int]:
@@ -250,8 +257,7 @@ def allocate(groups, scores, table, target_ratio: float, mass: dict | None = Non
     check_solver(solver)
     mass = mass or {}
     roles = roles_of(groups, scores)
-    options = {name: [kp for kp in useful_widths(row) if kp >= min_width(roles[name][0], max_ratio)]
-               for name, row in table.items() if name in roles}
+    options = allowed_widths(table, roles, max_ratio)
 
     def lost(name, kp):
         if loss_table is not None:
@@ -478,10 +484,8 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     sens = None
     if cost == "sensitivity":
         t1 = time.perf_counter()
-        sens = sensitivity_table(model, example_inputs, groups, {
-            name: [kp for kp in useful_widths(row) if kp >= min_width(roles[name][0], max_ratio)]
-            for name, row in table.items() if name in roles},
-            lambda name, kp: _role_plan(roles[name], scores, kp), data)
+        sens = sensitivity_table(model, example_inputs, groups, allowed_widths(table, roles, max_ratio),
+                                 lambda name, kp: _role_plan(roles[name], scores, kp), data)
         phases["sensitivity"] = time.perf_counter() - t1
     want, best, history = 1.0 / speedup, None, []
     # Known (predicted, measured) latency ratios: the dense model, and the floor model timed above.
