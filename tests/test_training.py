@@ -118,13 +118,21 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     _run(str(single), "--dropout", "0")
     import socket
 
-    with socket.socket() as sock:  # a free loopback port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(port)]
-    subprocess.run(torchrun + [SCRIPT, str(ddp), "--dropout", "0"], env=ENV, check=True, capture_output=True,
-                   timeout=300)
+    # the launch is torch's, not ours: a port taken between probing and binding, or a gloo
+    # rendezvous that times out on a loaded machine, fails it once in a while (seen once in a
+    # local full run, never reproduced), so it gets a second try on a fresh port; the numbers
+    # compared below are what this test is about
+    for attempt in range(2):
+        with socket.socket() as sock:  # a free loopback port for the rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                    "127.0.0.1", "--master_port", str(port)]
+        r = subprocess.run(torchrun + [SCRIPT, str(ddp), "--dropout", "0"], env=ENV, capture_output=True, text=True,
+                           timeout=300)
+        if r.returncode == 0:
+            break
+    assert r.returncode == 0, r.stderr[-3000:]
     a, _ = load_tensors(single)
     b, _ = load_tensors(ddp)
     for k in a:
