@@ -358,7 +358,8 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
     log(f"  [s{seed} {speedup}x] latency-aware achieved {target:.2f}x")
     slims = {"latency-aware": (la, None, latency_report(la))}
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.train), generator=g)[: cfg.get("taylor_samples", 256)]
+    perm = torch.randperm(len(data.train), generator=g)
+    idx = perm[: cfg.get("taylor_samples", 256)]
     for method, v in (cfg["variants"] if variants is None else variants).items():
         crit = v.get("criterion", "l1")
         cap = v.get("max_ratio", 1.0)
@@ -367,9 +368,8 @@ def plan_all(cfg, seed, speedup, data, dense, cache_dir, log, variants=None) -> 
         labelled = None
         if crit == "taylor":
             labelled = data.train.get_batch(idx)
-        elif v["cost"] == "sensitivity":  # its own, larger sample: a loss read off 256 digits is noisy
-            labelled = data.train.get_batch(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
-                seed))[: cfg["sensitivity_samples"]])
+        elif v["cost"] == "sensitivity":  # a larger sample: a loss read off 256 digits is noisy
+            labelled = data.train.get_batch(perm[: cfg["sensitivity_samples"]])
         m = latency_slim(dense, x, speedup=speedup, criterion=crit, threads=1, cache_dir=cache_dir, cost=v["cost"],
                          solver=v.get("solver", lat["solver"]), max_ratio=cap, data=labelled)
         slims[method] = (m, None, latency_report(m))

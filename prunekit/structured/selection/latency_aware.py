@@ -400,6 +400,11 @@ def floor_speedup(model, example_inputs, groups, scores, backend="torch", thread
     return t["dense"] / t["floor"]
 
 
+def _json_rows(table: dict) -> dict:
+    """{role: {width: value}} with the widths as strings, as JSON stores them."""
+    return {name: {str(k): v for k, v in row.items()} for name, row in table.items()}
+
+
 def _cached_table(cache: Path, key: str, model, x, groups, scores, backend, threads, log) -> tuple[dict, bool]:
     """``(table, measured)``: the table stored under ``key`` in ``cache``, or a freshly measured
     one, written atomically so an interrupted run never leaves half a table to be trusted."""
@@ -499,6 +504,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     # misses it on any later timing half the time, since timings on a shared machine differ by a
     # few % between calls. The closest model is kept; the warning below uses the full tolerance.
     aim, seen, target = tolerance / 2, {}, want
+
     def allocate_at(budget):
         alloc = allocate(groups, scores, table, budget, mass, normalise=_NORMALISE[cost], solver=solver,
                          max_ratio=max_ratio, loss_table=sens)
@@ -553,9 +559,9 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
               "iterations": history,
               "allocation": {g.name: {"group": g.id, "kept": kp * g.unit * g.parts, "of": g.size}
                              for name, kp in alloc.items() for g in roles[name]},
-              "table": {name: {str(k): v for k, v in row.items()} for name, row in table.items()}}
+              "table": _json_rows(table)}
     if sens is not None:
-        report["sensitivity"] = {name: {str(k): v for k, v in row.items()} for name, row in sens.items()}
+        report["sensitivity"] = _json_rows(sens)
     object.__setattr__(slim_model, REPORT_KEY, report)
     object.__setattr__(slim_model, "_prunekit_latency_selection", (plan, groups))
     model.train(was_training)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ...foundations.inputs import call_model
 from ..surgery.slim import slim_with_plan
+from .importance import _logits
 
 
 def check_data(data) -> None:
@@ -28,11 +29,11 @@ def check_data(data) -> None:
 
 
 def loss_on(model: nn.Module, data) -> float:
-    """Mean cross-entropy of ``model`` on ``data = (inputs, targets)`` (logits or ``.logits``)."""
+    """Mean cross-entropy of ``model`` on ``data = (inputs, targets)``; logits found as Taylor
+    scoring finds them (a tensor, ``.logits`` or the first output)."""
     inputs, targets = data
     with torch.inference_mode():
-        out = call_model(model.eval(), inputs)
-    out = getattr(out, "logits", out)
+        out = _logits(call_model(model.eval(), inputs))
     return float(F.cross_entropy(out.float(), targets.long()))
 
 
@@ -56,5 +57,4 @@ def sensitivity_table(model: nn.Module, x, groups, widths: dict, role_plan, data
                 continue
             row[kp] = max(0.0, loss_on(slim, data) - base)
         table[name] = row
-    model.eval()
     return table
