@@ -11,7 +11,7 @@ fine-tune, so a bottleneck shows up as lost accuracy before it is taken.
 Iteration i:
 
 1. the latency to remove: ``first_step * decay**i`` of the dense model's (the resource-reduction
-   schedule), never more than the table says is left to the budget;
+   schedule), never more than is left to the request (see 4.);
 2. one proposal per role: the widest width of its measured table row that removes at least that
    much from its current width (else the most it can give), channels chosen by ``criterion`` on
    the current weights;
