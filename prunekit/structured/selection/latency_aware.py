@@ -400,6 +400,23 @@ def floor_speedup(model, example_inputs, groups, scores, backend="torch", thread
     return t["dense"] / t["floor"]
 
 
+def check_reachable(model, example_inputs, groups, scores, speedup, backend, threads, max_ratio, tolerance):
+    """The floor model's measured speed-up (None if it cannot be built), after refusing with
+    ``UnreachableSpeedupError`` a model with nothing to prune or a request the floor misses by
+    more than ``tolerance``: before any table is measured or any model trained."""
+    where = _describe_setting(example_inputs, backend, threads)
+    if not roles_of(groups, scores):
+        raise UnreachableSpeedupError(f"speedup {speedup:g}x is not reachable: the model has no prunable channel "
+                                      "group (all are frozen or ignored), so narrowing cannot make it faster")
+    ceiling = floor_speedup(model, example_inputs, groups, scores, backend, threads, max_ratio=max_ratio)
+    if ceiling is not None and ceiling < speedup * (1 - tolerance):
+        capped = f" allowed by max_ratio={max_ratio:g}" if max_ratio < 1.0 else ""
+        raise UnreachableSpeedupError(
+            f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width"
+            f"{capped} the model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
+    return ceiling
+
+
 def _json_rows(table: dict) -> dict:
     """{role: {width: value}} with the widths as strings, as JSON stores them."""
     return {name: {str(k): v for k, v in row.items()} for name, row in table.items()}
@@ -468,15 +485,7 @@ def latency_slim(model: nn.Module, example_inputs, speedup: float, criterion="l1
     groups = channel_groups(model, example_inputs, ignore=ignore)
     scores = group_scores(model, groups, criterion, data=data)
     where = _describe_setting(example_inputs, backend, threads)
-    if not roles_of(groups, scores):
-        raise UnreachableSpeedupError(f"speedup {speedup:g}x is not reachable: the model has no prunable channel "
-                                      "group (all are frozen or ignored), so narrowing cannot make it faster")
-    ceiling = floor_speedup(model, example_inputs, groups, scores, backend, threads, max_ratio=max_ratio)
-    if ceiling is not None and ceiling < speedup * (1 - tolerance):
-        capped = f" allowed by max_ratio={max_ratio:g}" if max_ratio < 1.0 else ""
-        raise UnreachableSpeedupError(
-            f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width"
-            f"{capped} the model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
+    ceiling = check_reachable(model, example_inputs, groups, scores, speedup, backend, threads, max_ratio, tolerance)
     phases = {"trace_and_floor": time.perf_counter() - t0}
     key = table_key(model, example_inputs, backend, threads)
     t1 = time.perf_counter()

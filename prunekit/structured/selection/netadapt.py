@@ -83,14 +83,8 @@ def netadapt_slim(model: nn.Module, example_inputs, speedup: float, short_finetu
     scores = group_scores(model, groups, criterion, data=data)
     roles = la.roles_of(groups, scores)
     where = la._describe_setting(example_inputs, backend, threads)
-    if not roles:
-        raise la.UnreachableSpeedupError(f"speedup {speedup:g}x is not reachable: the model has no prunable "
-                                         "channel group (all are frozen or ignored)")
-    ceiling = la.floor_speedup(model, example_inputs, groups, scores, backend, threads, max_ratio=max_ratio)
-    if ceiling is not None and ceiling < speedup * (1 - tolerance):
-        raise la.UnreachableSpeedupError(
-            f"speedup {speedup:g}x is not reachable {where}: with every prunable group at its narrowest width the "
-            f"model runs only {ceiling:.2f}x faster (measured); ask for at most {ceiling:.2f}x")
+    ceiling = la.check_reachable(model, example_inputs, groups, scores, speedup, backend, threads, max_ratio,
+                                 tolerance)
     key = la.table_key(model, example_inputs, backend, threads)
     table, measured = la._cached_table(Path(cache_dir) if cache_dir else la.default_cache_dir(), key, model,
                                        example_inputs, groups, scores, backend, threads, log)
